@@ -1,0 +1,41 @@
+"""Logging set-up: `-v` levels on the console, one log file per participant/session."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+LOGGER_NAME = "shiva_bids"
+_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(verbosity: int) -> logging.Logger:
+    """Console logging: warnings by default, info with -v, debug with -vv."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 \
+        else logging.DEBUG
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.DEBUG)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_shiva_console", False):
+            logger.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+    console._shiva_console = True  # type: ignore[attr-defined]
+    logger.addHandler(console)
+    return logger
+
+
+def add_file_log(path: Path) -> logging.Handler:
+    """Also log everything (debug and up) to `path`; remove the handler when the unit ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    logging.getLogger(LOGGER_NAME).addHandler(handler)
+    return handler
+
+
+def remove_file_log(handler: logging.Handler) -> None:
+    logging.getLogger(LOGGER_NAME).removeHandler(handler)
+    handler.close()

@@ -1,0 +1,9 @@
+"""The participant level (filled in by the participant-level work)."""
+from __future__ import annotations
+
+from shiva_bids.config import RunConfig
+from shiva_bids.errors import ExitCode
+
+
+def run_participant_level(config: RunConfig) -> ExitCode:
+    raise NotImplementedError

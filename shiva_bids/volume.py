@@ -1,0 +1,53 @@
+"""`Volume`: the array-plus-affine value that flows between pipeline stages."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image: voxel array and the voxel-to-world (RAS mm) affine.
+
+    Stages take and return Volumes so that each can be tested alone and cached; conversions to
+    and from NIfTI live here so that every stage writes headers the same way.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def zooms(self) -> np.ndarray:
+        """Voxel sizes in mm (column norms of the affine)."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def voxel_volume(self) -> float:
+        """Volume of one voxel in mm^3."""
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    def with_data(self, data: np.ndarray) -> "Volume":
+        """The same grid with other voxel values."""
+        if data.shape[:3] != self.data.shape[:3]:
+            raise ValueError(f"shape {data.shape} does not match grid {self.data.shape}")
+        return Volume(data, self.affine)
+
+    def to_nifti(self, dtype: np.dtype | type | None = None) -> nib.Nifti1Image:
+        """A NIfTI image with sform and qform both set to the affine (code 1, scanner)."""
+        data = self.data if dtype is None else self.data.astype(dtype)
+        img = nib.Nifti1Image(data, self.affine)
+        img.set_sform(self.affine, code=1)
+        img.set_qform(self.affine, code=1)
+        img.header.set_data_dtype(data.dtype)
+        return img
+
+    @classmethod
+    def from_nifti(cls, img: nib.spatialimages.SpatialImage, dtype=np.float32) -> "Volume":
+        """Plain conversion (no header checks: `preprocessing.headers` does those)."""
+        return cls(np.asarray(img.dataobj, dtype=dtype), np.asarray(img.affine, dtype=float))
