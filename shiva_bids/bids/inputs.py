@@ -1,0 +1,53 @@
+"""`InputSet`: the images found for one participant/session (the unit of work)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Roles of input images; the SHIVA descriptors' modality names map onto them
+# (reference/SHIVA.md §2.1: "t1", "flair", "swi", also "t2"/"t2s").
+ROLES: tuple[str, ...] = ("t1w", "flair", "swi", "t2w")
+MODALITY_TO_ROLE: dict[str, str] = {"t1": "t1w", "flair": "flair", "swi": "swi", "t2s": "swi",
+                                    "t2": "t2w"}
+
+
+@dataclass(frozen=True)
+class InputSet:
+    """Paths of one unit's inputs. Missing roles are None.
+
+    `t1w`, `flair`, `swi` (SWI or T2starw), `t2w` come from the raw dataset; `brain_mask` and
+    `dseg` from `--derivatives` datasets. `choices` records, per role, why this file was picked
+    among several candidates (runs, acquisitions), for logs and sidecars.
+    """
+
+    subject: str
+    session: str | None = None
+    t1w: Path | None = None
+    flair: Path | None = None
+    swi: Path | None = None
+    t2w: Path | None = None
+    brain_mask: Path | None = None
+    dseg: Path | None = None
+    choices: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def unit_id(self) -> str:
+        """`sub-X[_ses-Y]`: the name used for logs, reports and crash files."""
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+    @property
+    def entities(self) -> dict[str, str]:
+        """Source entities for derivative names (`sub`, `ses`)."""
+        out = {"sub": self.subject}
+        if self.session:
+            out["ses"] = self.session
+        return out
+
+    def image(self, role: str) -> Path | None:
+        """Path of the image with this role (`t1w`, `flair`, `swi`, `t2w`)."""
+        if role not in ROLES:
+            raise KeyError(role)
+        return getattr(self, role)
+
+    def has(self, role: str) -> bool:
+        return self.image(role) is not None
