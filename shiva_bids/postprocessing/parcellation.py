@@ -150,6 +150,22 @@ def _lobe_seeds(seg: np.ndarray) -> tuple[np.ndarray, bool]:
     return lobe, parcellated
 
 
+def _nearest_lobe(lobe: np.ndarray, hemi: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    """§9.1 item 2: lobe of the nearest lobar cortex seed (chessboard distance) for every WM
+    voxel, looking only at seeds of the voxel's own hemisphere (a midline voxel could
+    otherwise take a lobe of the other side). Voxels without a seed get UNPARCELLATED."""
+    out = np.full(lobe.shape, UNPARCELLATED, dtype=np.int8)
+    for side in (LEFT, RIGHT):
+        seeds = (lobe >= 0) & (hemi == side)
+        targets = wm & (hemi == side)
+        if not seeds.any() or not targets.any():
+            continue
+        _, nearest = ndimage.distance_transform_cdt(~seeds, metric="chessboard",
+                                                    return_indices=True)
+        out[targets] = lobe[tuple(index[targets] for index in nearest)]
+    return out
+
+
 def _derive(seg: np.ndarray) -> np.ndarray:
     """The derived parcellation of a cropped FreeSurfer label array (see module doc)."""
     seg = seg.astype(np.int32, copy=True)
@@ -165,13 +181,7 @@ def _derive(seg: np.ndarray) -> np.ndarray:
         hemi[(seg >= offset) & (seg < offset + 1000)] = side
     wm_core = _isin(seg, WM)
     wm = wm_core | _isin(seg, not_seeds)
-    # Item 2: every WM voxel takes the lobe of the nearest seed (chessboard distance).
-    if seeds.any():
-        _, nearest = ndimage.distance_transform_cdt(~seeds, metric="chessboard",
-                                                    return_indices=True)
-        wm_lobe = lobe[tuple(nearest)]
-    else:
-        wm_lobe = np.full(seg.shape, UNPARCELLATED, dtype=np.int8)
+    wm_lobe = _nearest_lobe(lobe, hemi, wm)
     juxta = wm_core & (_taxicab_distance(seeds) <= JUXTA_DISTANCE)  # item 4
     ventricles = _isin(seg, VENTRICLES)
     pv = ndimage.binary_dilation(ventricles, ndimage.generate_binary_structure(3, 1),
