@@ -38,7 +38,7 @@ def make_units(output_dir: Path, count: int) -> None:
                 f"{k}\t{marker}{k:03d}\t{5 + k + i % 11}\tDeep WM L\n" for k in (1, 2, 3)))
             summary.markers[marker] = MarkerSummary(
                 marker=marker, status="done", n_clusters=3, total_volume_mm3=30.0 + i % 11,
-                regions={"Deep WM L": {"count": 3, "total_volume_mm3": 30.0}},
+                regions={"Deep WM L": {"n_clusters": 3, "total_volume_mm3": 30.0}},
                 files={"census": str(census.relative_to(output_dir))})
         write_summary(output_dir, summary)
 

@@ -97,7 +97,7 @@ def unit_row(summary: UnitSummary) -> dict[str, object]:
         for region, stats in marker.regions.items():
             if region.lower() == "whole brain":
                 continue
-            row[f"{name}_{slug(region)}_count"] = stats.get("count", 0)
+            row[f"{name}_{slug(region)}_count"] = stats.get("n_clusters", 0)
             row[f"{name}_{slug(region)}_volume_mm3"] = stats.get("total_volume_mm3", 0.0)
     for key, value in summary.qc.items():
         row[f"qc_{slug(key)}"] = value

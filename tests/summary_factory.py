@@ -21,8 +21,8 @@ def marker_summary(marker: str, volumes: list[float]) -> MarkerSummary:
     return MarkerSummary(
         marker=marker, status="done", space="T1w", threshold=0.5, min_cluster_size_mm3=5,
         n_clusters=len(volumes), total_volume_mm3=total,
-        regions={"Whole brain": {"count": len(volumes), "total_volume_mm3": total},
-                 "Deep WM L": {"count": len(volumes), "total_volume_mm3": total}},
+        regions={"Whole brain": {"n_clusters": len(volumes), "total_volume_mm3": total},
+                 "Deep WM L": {"n_clusters": len(volumes), "total_volume_mm3": total}},
         region_source="dseg", model={"target": marker, "version": "v9", "demo": True})
 
 

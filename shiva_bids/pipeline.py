@@ -1,0 +1,339 @@
+"""The SHIVA pipeline of the participant level: preprocess, predict, post-process, report.
+
+Stages (each a function of typed inputs; `runner` holds the crash/skip/chunk machinery):
+
+* :func:`plan_units`: which marker runs with which model for each unit, and why the others
+  are skipped (a missing modality, no model);
+* :func:`preprocess_plan`: the unit's images on the model grid (shiva_bids.preprocessing);
+* :func:`predict_chunk`: each marker's fold ensemble over all units of a chunk, every fold
+  loaded once (shiva_bids.models);
+* :func:`finish_unit`: native-space maps, clusters, derivatives, figures, report, and the
+  summary written last (shiva_bids.postprocessing, shiva_bids.reports).
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+
+from shiva_bids import __version__
+from shiva_bids.bids.derivatives import bids_uri, derivative_name, unit_dir
+from shiva_bids.bids.inputs import MODALITY_TO_ROLE, InputSet
+from shiva_bids.config import RunConfig
+from shiva_bids.errors import UsageError
+from shiva_bids.markers import MARKERS
+from shiva_bids.models import EnsembleOutput, EnsemblePredictor, ModelDescriptor, \
+    discover_descriptors, select_descriptors
+from shiva_bids.runner import (RunOutcome, UnitOutcome, available_modalities, chunk_size,
+                               chunks, elapsed, guarded, parallel_map, pending_units,
+                               record_failure)
+from shiva_bids.summary import COMPLETE, MarkerSummary, UnitSummary, write_summary
+from shiva_bids.volume import Volume
+
+log = logging.getLogger(__name__)
+
+MODELS_HELP = (
+    "no SHIVA models given: download the SHIVA model folders (their model_info*.json "
+    "descriptors and fold files) from the SHIVA model repositories "
+    "(https://github.com/pboutinaud/SHIVA_PVS, SHIVA_WMH, SHIVA_CMB, SHIVA_LAC; download "
+    "links in each README) and pass the folder with --models-dir; to try the tool without "
+    "them, run `shiva-bids demo OUT` (bundled demo models, not for research)")
+
+
+@dataclass
+class UnitPlan:
+    """What will run for one unit."""
+
+    inputs: InputSet
+    descriptors: dict[str, ModelDescriptor]  # marker -> model
+    skipped: dict[str, str]  # marker -> reason
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def needs(self) -> set[str]:
+        """Model channels the unit must provide (t1, flair, swi, t2)."""
+        return {m for d in self.descriptors.values() for m in d.modalities}
+
+
+def load_descriptors(config: RunConfig) -> list[ModelDescriptor]:
+    """Every descriptor under `--models-dir`; a clear error when no model was given."""
+    if config.models_dir is None and not config.model_overrides:
+        raise UsageError(MODELS_HELP)
+    return discover_descriptors(config.models_dir) if config.models_dir else []
+
+
+def plan_units(config: RunConfig, units: Sequence[InputSet],
+               descriptors: Sequence[ModelDescriptor]) -> list[UnitPlan]:
+    """Choose the model of each requested marker for each unit (by its modalities)."""
+    plans = []
+    for inputs in units:
+        chosen, skipped = select_descriptors(
+            descriptors, config.requested_markers,
+            available_modalities(inputs, config.replace_t1), config.model_overrides,
+            config.models_dir)
+        for marker, reason in skipped.items():
+            log.warning("%s: %s skipped: %s", inputs.unit_id, marker, reason)
+        plans.append(UnitPlan(inputs, chosen, skipped))
+    return plans
+
+
+def make_predictors(config: RunConfig, plans: Sequence[UnitPlan]
+                    ) -> dict[Path, EnsemblePredictor]:
+    """One predictor per descriptor in use (checksums verified once, up front)."""
+    predictors: dict[Path, EnsemblePredictor] = {}
+    for plan in plans:
+        for descriptor in plan.descriptors.values():
+            if descriptor.path not in predictors:
+                predictors[descriptor.path] = EnsemblePredictor(
+                    descriptor, device=config.device, threads=config.omp_nthreads,
+                    mem_gb=config.mem_gb, tta=config.tta,
+                    verify_checksums=not config.skip_model_checksum)
+    return predictors
+
+
+def model_grid(predictors: dict[Path, EnsemblePredictor]) -> tuple[int, int, int]:
+    """The crop grid, taken from the models (SHIVA: 160x214x176); all must agree."""
+    shapes = {tuple(p.input_shape) for p in predictors.values()}
+    if len(shapes) > 1:
+        raise UsageError(f"the selected models expect different input grids {sorted(shapes)}; "
+                         "choose models of one grid with --model")
+    shape = shapes.pop() if shapes else ()
+    if len(shape) != 3 or None in shape:
+        raise UsageError(f"cannot read a fixed input grid from the models ({shape})")
+    return shape  # type: ignore[return-value]
+
+
+def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
+    """Preprocess one unit for the channels its models need (runs in a worker process)."""
+    from shiva_bids.preprocessing import PreprocOptions, preprocess_unit
+    plan, config, shape = task
+    options = PreprocOptions(model_shape=shape, brain_mask_method=config.brain_mask,
+                             premasked=config.premasked, replace_t1=config.replace_t1,
+                             inverse_t2=config.inverse_t2, threads=config.omp_nthreads,
+                             seed=config.random_seed, keep_model_space=config.keep_model_space)
+    needs = set(plan.needs)
+    if "CMB" in plan.descriptors:
+        needs.add("swi")
+    return preprocess_unit(plan.inputs, needs, options,
+                           config.work_dir / plan.inputs.unit_id)
+
+
+def predict_chunk(plans: Sequence[UnitPlan], units: dict[str, object],
+                  predictors: dict[Path, EnsemblePredictor]
+                  ) -> dict[tuple[str, str], EnsembleOutput]:
+    """For each model in use, predict every unit of the chunk that needs it."""
+    results: dict[tuple[str, str], EnsembleOutput] = {}
+    for path, predictor in predictors.items():
+        queue = [(plan, marker) for plan in plans if plan.inputs.unit_id in units
+                 for marker, descriptor in plan.descriptors.items() if descriptor.path == path]
+        if not queue:
+            continue
+        images, masks = [], []
+        for plan, marker in queue:
+            space = units[plan.inputs.unit_id].spaces[MARKERS[marker].space]
+            images.append(space.stack(predictor.descriptor.modalities))
+            masks.append(space.brain_mask)
+        for (plan, marker), output in zip(queue, predictor.predict(images, masks)):
+            results[(plan.inputs.unit_id, marker)] = output
+    return results
+
+
+def _uri(path: Path | None, config: RunConfig) -> str | None:
+    return bids_uri(path, config.bids_dir, "raw") if path else None
+
+
+def _reference_image(inputs: InputSet, space: str, config: RunConfig) -> Path:
+    if space == "SWI":
+        return inputs.swi  # type: ignore[return-value]
+    return inputs.t2w if config.replace_t1 == "t2" else inputs.t1w  # type: ignore[return-value]
+
+
+def _load_dseg(inputs: InputSet) -> Volume | None:
+    if inputs.dseg is None:
+        return None
+    img = nib.load(inputs.dseg)
+    return Volume(np.asarray(img.dataobj).astype(np.int32), img.affine)
+
+
+def copy_transforms(output_dir: Path, inputs: InputSet, transforms: dict[str, Path]) -> dict:
+    """Copy the unit's transforms (BIDS `_xfm` names) next to its outputs."""
+    folder = unit_dir(output_dir, inputs.entities)
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = {}
+    for key, source in transforms.items():
+        target = folder / Path(source).name
+        if Path(source).resolve() != target.resolve():
+            shutil.copyfile(source, target)
+        copied[key] = str(target.relative_to(output_dir))
+    return copied
+
+
+def _versions() -> dict[str, str]:
+    import ants
+    import tensorflow as tf
+    return {"shiva-bids": __version__, "python": platform.python_version(),
+            "tensorflow": tf.__version__, "antspyx": getattr(ants, "__version__", "?"),
+            "nibabel": nib.__version__, "numpy": np.__version__}
+
+
+def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
+                  output: EnsembleOutput, provenance: dict, dseg: Volume | None
+                  ) -> MarkerSummary:
+    """Native-space maps, clusters, statistics and derivative files of one marker."""
+    from shiva_bids.postprocessing import build_regions, postprocess_marker, \
+        write_marker_outputs
+    inputs, spec = plan.inputs, MARKERS[marker]
+    space = spec.space
+    prob = unit.to_native(space, output.mean, "linear")
+    spread = unit.to_native(space, output.std, "linear")
+    brain = unit.native_brain_mask(space)
+    regions = build_regions(spec.region_scheme, brain, dseg=dseg, brain=brain)
+    result = postprocess_marker(marker, prob, brain, config.threshold(marker),
+                                config.min_cluster_size(marker), spread, regions)
+    descriptor = plan.descriptors[marker]
+    sources = [_uri(inputs.image(_role(m, config)), config) for m in descriptor.modalities]
+    paths = write_marker_outputs(
+        config.output_dir, inputs, marker, prob, None, result.clusters, result.census,
+        result.stats, brain, sources, _uri(_reference_image(inputs, space, config), config),
+        provenance, {"min_cluster_size": config.min_cluster_size(marker),
+                     "demo_models": descriptor.is_demo})
+    rel = {k: str(v.relative_to(config.output_dir)) for k, v in paths.items()}
+    return MarkerSummary(
+        marker=marker, status="done", space=space, threshold=config.threshold(marker),
+        min_cluster_size_mm3=float(config.min_cluster_size(marker)),
+        n_clusters=result.clusters.count,
+        total_volume_mm3=float(sum(result.census.column("volume_mm3"))),
+        regions={row["region"]: {k: v for k, v in row.items() if k not in ("marker", "region")}
+                 for row in result.stats},
+        region_source=result.stats.metadata.get("RegionSource", "none"),
+        model=provenance,
+        files={"probseg": rel["probseg"], "dseg": rel["dseg"], "census": rel["dseg_tsv"],
+               "brainmask": rel["brain_mask"], "mask": rel["mask"], "stats": rel["stats"]})
+
+
+def _role(modality: str, config: RunConfig) -> str:
+    """Input role feeding a model channel (the T2w feeds `t1` with --replace-t1 t2)."""
+    if modality == "t1" and config.replace_t1 == "t2":
+        return "t2w"
+    return MODALITY_TO_ROLE[modality]
+
+
+def save_qc_figures(config: RunConfig, inputs: InputSet, unit) -> None:
+    """QC figures that need the model-space images: crop box, registration edges,
+    normalised intensity histograms (saved under the unit's figures/ folder)."""
+    from shiva_bids.reports import figures
+    from shiva_bids.reports.participant import save_figure
+    for space_name, model_space in unit.spaces.items():
+        mask = model_space.brain_mask
+        reference = _reference_image(inputs, space_name, config)
+        if reference is None:
+            continue
+        native = nib.load(reference)
+        background = Volume(np.asanyarray(native.dataobj).astype(np.float32), native.affine)
+        corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * \
+            (np.array(mask.shape) - 1)
+        box = nib.affines.apply_affine(model_space.affine, corners)
+        name = "cropbox" if space_name == "T1w" else f"cropbox{space_name.lower()}"
+        save_figure(config.output_dir, inputs.entities, name, figures.crop_box(
+            background, unit.native_brain_mask(space_name), box))
+        grid = Volume(model_space.channels[next(iter(model_space.channels))], model_space.affine)
+        for channel in ("flair", "swi"):
+            if channel in model_space.channels and space_name == "T1w":
+                save_figure(config.output_dir, inputs.entities, f"{channel}edges",
+                            figures.registration_edges(grid, model_space.channels[channel], mask,
+                                                       f"{channel.upper()} edges on T1w"))
+        if space_name == "T1w":
+            save_figure(config.output_dir, inputs.entities, "histograms",
+                        figures.intensity_histograms(dict(model_space.channels), mask))
+
+
+def finish_unit(config: RunConfig, plan: UnitPlan, unit,
+                outputs: dict[str, EnsembleOutput], provenance: dict[str, dict]) -> UnitOutcome:
+    """Every output of one unit; the summary (completion record) is written last."""
+    from shiva_bids.reports.participant import draw_marker_figures, render_participant_report
+    inputs = plan.inputs
+    dseg = _load_dseg(inputs)
+    summary = UnitSummary(
+        subject=inputs.subject, session=inputs.session, status=COMPLETE,
+        software_version=__version__,
+        inputs={role: _uri(inputs.image(role), config) for role in ("t1w", "flair", "swi", "t2w")
+                if inputs.has(role)},
+        input_choices=dict(inputs.choices), brain_mask_method=unit.brain_mask_method,
+        warnings=list(unit.warnings), qc=dict(unit.qc), versions=_versions(),
+        demo_models=any(d.is_demo for d in plan.descriptors.values()),
+        parameters={"thresholds": {m: config.threshold(m) for m in plan.descriptors},
+                    "min_cluster_sizes": {m: config.min_cluster_size(m)
+                                          for m in plan.descriptors},
+                    "tta": config.tta, "brain_mask": config.brain_mask,
+                    "random_seed": config.random_seed},
+        extra={"reference_images": {s: str(_reference_image(inputs, s, config))
+                                    for s in unit.spaces},
+               "transforms": copy_transforms(config.output_dir, inputs, unit.transforms)})
+    for marker in plan.descriptors:
+        summary.markers[marker] = finish_marker(config, plan, unit, marker, outputs[marker],
+                                                provenance[marker], dseg)
+    for marker, reason in plan.skipped.items():
+        summary.markers[marker] = MarkerSummary(marker=marker, status="skipped", reason=reason)
+    summary.markers = dict(sorted(summary.markers.items(),
+                                  key=lambda item: list(MARKERS).index(item[0])))
+    brain = unit.native_brain_mask("T1w" if "T1w" in unit.spaces else "SWI")
+    summary.brain_volume_mm3 = float(np.count_nonzero(brain.data) * brain.voxel_volume)
+    save_qc_figures(config, inputs, unit)
+    background = _reference_image(inputs, "T1w" if "T1w" in unit.spaces else "SWI", config)
+    draw_marker_figures(config.output_dir, summary, background)
+    summary.runtime_s = elapsed(plan.started)
+    render_participant_report(config.output_dir, summary)
+    write_summary(config.output_dir, summary)
+    log.warning("%s: done in %.0f s (%s)", inputs.unit_id, summary.runtime_s,
+                ", ".join(f"{m.marker} {m.n_clusters}" for m in summary.markers.values()
+                          if m.status == "done") or "no marker")
+    return UnitOutcome(inputs.unit_id, "done")
+
+
+def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
+    """Process `units` (see the module docstring); returns how each ended."""
+    descriptors = load_descriptors(config)
+    outcome = RunOutcome()
+    todo = pending_units(config, units, outcome)
+    plans = plan_units(config, todo, descriptors)
+    runnable = []
+    for plan in plans:
+        if plan.descriptors:
+            runnable.append(plan)
+        else:
+            message = "; ".join(plan.skipped.values()) or "no marker requested"
+            log.error("%s: nothing to run: %s", plan.inputs.unit_id, message)
+            outcome.outcomes.append(UnitOutcome(plan.inputs.unit_id, "failed", message))
+    predictors = make_predictors(config, runnable)
+    if not runnable:
+        return outcome
+    shape = model_grid(predictors)
+    provenance = {path: p.provenance for path, p in predictors.items()}
+    for chunk in chunks(runnable, chunk_size(config.mem_gb)):
+        results = parallel_map(preprocess_plan, [(p, config, shape) for p in chunk],
+                               config.nprocs)
+        units_ready = {}
+        for plan, result in zip(chunk, results):
+            if isinstance(result, Exception):
+                record_failure(config, plan.inputs, "preprocessing", outcome, result)
+            else:
+                units_ready[plan.inputs.unit_id] = result
+        predictions = predict_chunk(chunk, units_ready, predictors)
+        for plan in chunk:
+            unit = units_ready.pop(plan.inputs.unit_id, None)
+            if unit is None:
+                continue
+            outputs = {m: predictions[(plan.inputs.unit_id, m)] for m in plan.descriptors}
+            marker_provenance = {m: provenance[d.path] for m, d in plan.descriptors.items()}
+            done = guarded(config, plan.inputs, "post-processing", outcome,
+                           lambda: finish_unit(config, plan, unit, outputs, marker_provenance))
+            if done is not None:
+                outcome.outcomes.append(done)
+    return outcome

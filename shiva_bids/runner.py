@@ -1,0 +1,167 @@
+"""Running the SHIVA participant level over many units (participant x session).
+
+For each chunk of units (sized so that the chunk's model-space images and predictions fit the
+`--mem` budget; one chunk holds every unit of a typical run):
+
+1. preprocess the units, in parallel up to `--nprocs` processes;
+2. for each marker, load every fold ONCE and predict all units of the chunk with it
+   (the model layer's ensemble predictor);
+3. for each unit: map the predictions back to native space, cluster, count, write the
+   derivatives, the figures and the report, and last the summary (the completion record).
+
+A unit that fails writes `logs/crash-<unit>.txt` and the others continue (unless
+`--stop-on-first-crash`). A unit whose summary says complete is skipped unless `--force`;
+a unit without one (e.g. killed) has its stale outputs removed and is processed again.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import shutil
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from shiva_bids.bids.derivatives import unit_dir
+from shiva_bids.bids.inputs import InputSet, MODALITY_TO_ROLE
+from shiva_bids.config import RunConfig
+from shiva_bids.io import atomic_write_text
+from shiva_bids.summary import is_complete, summary_path
+
+log = logging.getLogger(__name__)
+
+# Memory held per unit during a chunk (model-space channels, masks, predictions), in GiB:
+# 4 float32 images of 160x214x176 (24 MiB each) per space plus two outputs per marker.
+UNIT_MEMORY_GB = 0.5
+DEFAULT_CHUNK = 16
+
+
+@dataclass
+class UnitOutcome:
+    """How one unit ended."""
+
+    unit_id: str
+    status: str  # "done", "skipped" (already complete), "failed"
+    message: str = ""
+
+
+@dataclass
+class RunOutcome:
+    outcomes: list[UnitOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[UnitOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+class StopRun(Exception):
+    """Raised to stop after the first crash (`--stop-on-first-crash`)."""
+
+
+def chunk_size(mem_gb: float | None) -> int:
+    """Units per chunk: as many as the memory budget allows (at least one)."""
+    if mem_gb is None:
+        return DEFAULT_CHUNK
+    return max(1, int(mem_gb / UNIT_MEMORY_GB) - 2)
+
+
+def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def crash_path(output_dir: Path, unit_id: str) -> Path:
+    return output_dir / "logs" / f"crash-{unit_id}.txt"
+
+
+def write_crash(output_dir: Path, unit_id: str, stage: str, exc: BaseException) -> Path:
+    """`logs/crash-<unit>.txt`: what failed, where, and the traceback (the worker's when
+    the exception came back from another process)."""
+    trace = getattr(exc, "traceback_text", None) or "".join(traceback.format_exception(exc))
+    text = f"unit: {unit_id}\nstage: {stage}\nerror: {type(exc).__name__}: {exc}\n\n{trace}"
+    return atomic_write_text(crash_path(output_dir, unit_id), text)
+
+
+def clear_stale_outputs(output_dir: Path, inputs: InputSet) -> None:
+    """Remove what an interrupted earlier run left for this unit (no completion record), so
+    nothing of it can be mistaken for a result."""
+    anat = unit_dir(output_dir, inputs.entities)
+    for folder in (anat, anat.parent / "figures"):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    for stale in (output_dir / f"{inputs.unit_id}.html", summary_path(output_dir,
+                                                                      inputs.entities)):
+        stale.unlink(missing_ok=True)
+    crash_path(output_dir, inputs.unit_id).unlink(missing_ok=True)
+
+
+def pending_units(config: RunConfig, units: Sequence[InputSet],
+                  outcome: RunOutcome) -> list[InputSet]:
+    """Units to process: complete ones are skipped unless `--force`."""
+    todo = []
+    for inputs in units:
+        if not config.force and is_complete(config.output_dir, inputs.entities):
+            log.warning("%s: already complete, skipped (use --force to recompute)",
+                        inputs.unit_id)
+            outcome.outcomes.append(UnitOutcome(inputs.unit_id, "skipped", "already complete"))
+            continue
+        clear_stale_outputs(config.output_dir, inputs)
+        todo.append(inputs)
+    return todo
+
+
+def available_modalities(inputs: InputSet, replace_t1: str | None) -> set[str]:
+    """Descriptor modality names (t1, flair, swi, t2) this unit can supply."""
+    found = {m for m, role in MODALITY_TO_ROLE.items() if inputs.has(role)}
+    if replace_t1 == "t2":
+        found.discard("t1")
+        if inputs.has("t2w"):
+            found.add("t1")
+    return found
+
+
+def record_failure(config: RunConfig, inputs: InputSet, stage: str, outcome: RunOutcome,
+                   exc: Exception) -> None:
+    """Write the unit's crash file and record the failure (or stop the run when asked)."""
+    path = write_crash(config.output_dir, inputs.unit_id, stage, exc)
+    message = f"{stage} failed: {exc}"
+    log.error("%s: %s (details: %s)", inputs.unit_id, message, path)
+    outcome.outcomes.append(UnitOutcome(inputs.unit_id, "failed", message))
+    if config.stop_on_first_crash:
+        raise StopRun(inputs.unit_id) from exc
+
+
+def guarded(config: RunConfig, inputs: InputSet, stage: str, outcome: RunOutcome,
+            work: Callable[[], object]) -> object | None:
+    """Run one unit's stage; on failure record it (see :func:`record_failure`)."""
+    try:
+        return work()
+    except Exception as exc:  # noqa: BLE001 - one unit must not stop the others
+        record_failure(config, inputs, stage, outcome, exc)
+        return None
+
+
+def parallel_map(function: Callable, items: Sequence, processes: int) -> list:
+    """`function` over `items` in up to `processes` worker processes (spawned, so that no
+    TensorFlow state is forked); exceptions are returned in place of results."""
+    if processes <= 1 or len(items) <= 1:
+        return [_capture(function, item) for item in items]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(processes, len(items)),
+                             mp_context=context) as pool:
+        return list(pool.map(_capture, [function] * len(items), items))
+
+
+def _capture(function: Callable, item):
+    try:
+        return function(item)
+    except Exception as exc:  # noqa: BLE001 - re-raised by the caller per unit
+        exc.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
+        return exc
+
+
+def elapsed(start: float) -> float:
+    return round(time.perf_counter() - start, 1)
