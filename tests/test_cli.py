@@ -231,7 +231,7 @@ def test_participant_run_writes_nothing_into_bids_dir(dataset, tmp_path, capsys)
     out = tmp_path / "out"
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
-    assert "logs/" in (out / ".bidsignore").read_text().split()
+    assert "logs" in (out / ".bidsignore").read_text().split()
     assert "would run pipeline shiva" in (out / "logs" / "sub-01.log").read_text()
     assert "skipped" in (out / "logs" / "sub-02.log").read_text()
 

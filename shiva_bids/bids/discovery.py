@@ -133,14 +133,23 @@ def _format_labels(kind: str, labels: Iterable[str]) -> str:
     return ", ".join(f"{kind}-{label}" for label in labels)
 
 
+def _folder_labels(folder: Path, prefix: str) -> list[str]:
+    return sorted(p.name[len(prefix):] for p in folder.glob(f"{prefix}*") if p.is_dir())
+
+
+def folder_subjects(bids_dir: Path) -> list[str]:
+    """Participant labels: the dataset's `sub-*` folders. BIDS defines participants and
+    sessions by folders, and listing them is far cheaper than pybids' `get_subjects()`, which
+    loads every indexed file (4 s for 150 participants x 6 files here)."""
+    return _folder_labels(bids_dir, "sub-")
+
+
 def folder_sessions(bids_dir: Path, subject: str) -> list[str]:
-    """Session labels of a participant: its `ses-*` folders (BIDS defines sessions by them;
-    listing folders is cheaper than one pybids query per participant)."""
-    folder = bids_dir / f"sub-{subject}"
-    return sorted(p.name[4:] for p in folder.glob("ses-*") if p.is_dir())
+    """Session labels of a participant: its `ses-*` folders."""
+    return _folder_labels(bids_dir / f"sub-{subject}", "ses-")
 
 
-def select_units(layout, participant_labels: Sequence[str] = (),
+def select_units(bids_dir: Path, participant_labels: Sequence[str] = (),
                  session_labels: Sequence[str] = ()) -> list[Unit]:
     """The participant/session units selected by the labels, sorted.
 
@@ -148,10 +157,10 @@ def select_units(layout, participant_labels: Sequence[str] = (),
     unit with `session=None`. A label that matches nothing raises
     :class:`NothingSelectedError` (exit 18) naming it.
     """
-    root = Path(layout.root)
-    subjects = sorted(layout.get_subjects())
+    root = Path(bids_dir)
+    subjects = folder_subjects(root)
     if not subjects:
-        raise MissingInputError(f"{root}: no sub-* folder with files in the dataset")
+        raise MissingInputError(f"{root}: no sub-* folder in the dataset")
     unknown = [label for label in participant_labels if label not in subjects]
     if unknown:
         raise NothingSelectedError(f"participant label(s) not found in {root}: "
@@ -393,7 +402,7 @@ def find_inputs(layout, participant_labels: Sequence[str] = (),
     for name, root in (derivatives or {}).items():
         if not root.is_dir():
             raise MissingInputError(f"--derivatives {name}={root}: no such folder")
-    units = select_units(layout, participant_labels, session_labels)
+    units = select_units(Path(layout.root), participant_labels, session_labels)
     inputs = []
     for unit, (paths, choices) in find_raw_inputs(layout, units, queries).items():
         extra = find_derivatives(derivatives or {}, unit)
@@ -415,6 +424,5 @@ def discover_inputs(config: RunConfig) -> list[InputSet]:
 
 
 __all__ = ["discover_inputs", "find_inputs", "open_layout", "select_units", "role_queries",
-           "choose", "find_raw_inputs", "find_derivatives", "database_path", "folder_sessions",
-           "Unit",
-           "Candidate", "DerivativeMatch", "DEFAULT_QUERIES"]
+           "choose", "find_raw_inputs", "find_derivatives", "database_path", "folder_subjects",
+           "folder_sessions", "Unit", "Candidate", "DerivativeMatch", "DEFAULT_QUERIES"]

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shiva_bids.errors import InvalidBIDSError, MissingInputError
@@ -141,13 +142,33 @@ def validate_dataset(path: Path, cache_dir: Path | None = None,
     return parse_report(Path(path), done.stdout)
 
 
+# Raw `anat` images named `_swi` are common but not in the BIDS schema (the standard suffix
+# is T2starw, or `swi` only in the SWI extension proposal); discovery uses them on purpose
+# (shiva_bids.bids.discovery), so the validator's NOT_INCLUDED for them is not fatal.
+_SWI_NAME = re.compile(r"/sub-[^/]+/(ses-[^/]+/)?anat/[^/]+_swi\.(nii|nii\.gz|json)$")
+
+
+def tolerate_swi(report: ValidationReport) -> ValidationReport:
+    """Drop NOT_INCLUDED errors that only concern `anat/*_swi.nii[.gz]` files (logged)."""
+    kept = []
+    for issue in report.errors:
+        if issue.code == "NOT_INCLUDED" and issue.files and all(
+                _SWI_NAME.search(f) for f in issue.files):
+            log.warning("BIDS validator: %s is not a BIDS name; used as the SWI image anyway",
+                        ", ".join(issue.files))
+            continue
+        kept.append(issue)
+    return replace(report, errors=tuple(kept))
+
+
 def validate_input(bids_dir: Path, skip: bool = False, cache_dir: Path | None = None) -> None:
     """Validate the input dataset before any work (BIDS_APPS.md §1.2: failures exit 16).
 
     `dataset_description.json` is checked first so that a folder that is not a BIDS dataset
     at all gets a clear message: exit 16, or 66 with `--skip-bids-validation` (the input then
-    lacks what the app needs). If the validator cannot run, a warning says validation was
-    skipped and why, and the run goes on.
+    lacks what the app needs). Non-standard `_swi` names are tolerated (:func:`tolerate_swi`).
+    If the validator cannot run, a warning says validation was skipped and why, and the run
+    goes on.
     """
     if not (bids_dir / "dataset_description.json").is_file():
         message = (f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json")
@@ -162,6 +183,7 @@ def validate_input(bids_dir: Path, skip: bool = False, cache_dir: Path | None = 
     except ValidatorUnavailable as exc:
         log.warning("BIDS validation was skipped: %s", exc)
         return
+    report = tolerate_swi(report)
     for issue in report.errors:
         log.debug("BIDS error %s %s", issue.code, ", ".join(issue.files[:3]))
     if not report.ok:
@@ -170,5 +192,5 @@ def validate_input(bids_dir: Path, skip: bool = False, cache_dir: Path | None = 
     log.info("BIDS validation passed (%d warnings)", len(report.warnings))
 
 
-__all__ = ["validate_dataset", "validate_input", "validator_command", "parse_report",
+__all__ = ["validate_dataset", "validate_input", "tolerate_swi", "validator_command", "parse_report",
            "ValidationReport", "ValidationIssue", "ValidatorUnavailable"]
