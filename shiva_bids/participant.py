@@ -55,8 +55,10 @@ def required_roles(config: RunConfig) -> tuple[str, ...]:
 
 def check_bids_dir(bids_dir: Path) -> None:
     """The input folder must exist and be readable (66)."""
-    if not bids_dir.is_dir():
+    if not bids_dir.exists():
         raise MissingInputError(f"bids_dir {bids_dir}: no such folder")
+    if not bids_dir.is_dir():
+        raise MissingInputError(f"bids_dir {bids_dir}: not a folder")
     try:
         next(bids_dir.iterdir(), None)
     except OSError as exc:
@@ -113,11 +115,12 @@ def run_unit(inputs: InputSet, config: RunConfig) -> UnitResult:
         try:
             return process_unit(inputs, config)
         except Exception as exc:  # one unit failing does not stop the others
-            if config.stop_on_first_crash:
-                raise
             one_line = str(exc) if isinstance(exc, ShivaError) else f"{type(exc).__name__}: {exc}"
-            log.error("%s: failed: %s", inputs.unit_id, one_line,
-                      exc_info=not isinstance(exc, ShivaError))
+            log.error("%s: failed: %s", inputs.unit_id, one_line)
+            log.debug("%s: traceback", inputs.unit_id, exc_info=True)  # log file; console -vv
+            if config.stop_on_first_crash:
+                raise ShivaError(f"{inputs.unit_id} failed: {one_line} (stopped: "
+                                 "--stop-on-first-crash)") from exc
             return UnitResult(inputs.unit_id, FAILED, one_line)
     finally:
         remove_file_log(handler)

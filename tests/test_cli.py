@@ -248,6 +248,33 @@ def test_participant_run_of_complete_units_exits_0_then_group(dataset, tmp_path,
     assert code == ExitCode.NO_INPUT and "participant level first" in err
 
 
+def test_a_failing_unit_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
+    from shiva_bids import participant
+
+    ds = BidsBuilder(tmp_path / "ds")
+    for sub in ("01", "02", "03"):
+        ds.add_unit(sub, suffixes=("T1w",))
+    seen = []
+
+    def process(inputs, config):
+        seen.append(inputs.subject)
+        if inputs.subject == "02":
+            raise RuntimeError("kaboom")
+        return participant.UnitResult(inputs.unit_id, participant.DONE)
+
+    monkeypatch.setattr(participant, "process_unit", process)
+    args = [ds.root, tmp_path / "out", "participant", "--skip-bids-validation"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == ExitCode.FAILURE and seen == ["01", "02", "03"]
+    assert "sub-02: failed: RuntimeError: kaboom" in err and "Traceback" not in err
+    assert "Traceback" in (tmp_path / "out" / "logs" / "sub-02.log").read_text()
+    seen.clear()
+    code, _, err = run_cli(capsys, *args, "--stop-on-first-crash")
+    assert code == ExitCode.FAILURE and seen == ["01", "02"]
+    assert err.strip().splitlines()[-1] == ("shiva-bids: error: sub-02 failed: RuntimeError: "
+                                            "kaboom (stopped: --stop-on-first-crash)")
+
+
 def test_run_py_and_python_m_behave_the_same(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     results = []
