@@ -32,7 +32,7 @@ def timed(label: str, function, baseline: float | None = None):
     start = time.perf_counter()
     result = function()
     seconds = time.perf_counter() - start
-    ratio = f"  ({seconds / baseline:.3f} x baseline)" if baseline else ""
+    ratio = f"  ({seconds / baseline:.3g} x baseline)" if baseline else ""
     print(f"{label:<58s} {seconds:8.3f} s{ratio}", flush=True)
     return result, seconds
 

@@ -12,7 +12,7 @@ from bids_builder import BidsBuilder, many_participants
 from shiva_bids.bids.discovery import (Candidate, choose, database_path, discover_inputs,
                                        find_inputs, open_layout, role_queries, select_units)
 from shiva_bids.config import RunConfig
-from shiva_bids.errors import MissingInputError, NothingSelectedError
+from shiva_bids.errors import MissingInputError, NothingSelectedError, OutputError
 
 
 def names(inputs) -> dict[str, dict[str, str | None]]:
@@ -244,6 +244,14 @@ def test_empty_dataset_is_66(tmp_path):
     root = BidsBuilder(tmp_path / "empty").root
     with pytest.raises(MissingInputError, match="no sub-"):
         find_inputs(open_layout(root))
+
+
+def test_unwritable_database_dir_is_73(flat, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="--bids-database-dir") as error:
+        open_layout(flat, blocker / "db")
+    assert error.value.exit_code == 73
 
 
 def test_database_is_keyed_by_dataset(tmp_path):

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from shiva_bids.bids.derivatives import parse_entities
 from shiva_bids.bids.inputs import ROLES, InputSet
 from shiva_bids.config import RunConfig
-from shiva_bids.errors import MissingInputError, NothingSelectedError, UsageError
+from shiva_bids.errors import MissingInputError, NothingSelectedError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ def open_layout(bids_dir: Path, database_dir: Path | None = None):
         database_dir.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=".building-", dir=database_dir))
     except OSError as exc:
-        raise UsageError(f"--bids-database-dir {database_dir}: cannot create it ({exc})") \
-            from exc
+        raise OutputError(f"--bids-database-dir {database_dir}: cannot be created or written "
+                          f"({exc.strerror or exc})") from exc
     log.info("indexing %s into %s", bids_dir, target)
     BIDSLayout(bids_dir, validate=False, indexer=_indexer(), database_path=building)
     try:
