@@ -1,9 +1,11 @@
 """Logging set-up: `-v` levels on the console, one log file per participant/session."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import Iterator
 
 LOGGER_NAME = "shiva_bids"
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -39,3 +41,18 @@ def add_file_log(path: Path) -> logging.Handler:
 def remove_file_log(handler: logging.Handler) -> None:
     logging.getLogger(LOGGER_NAME).removeHandler(handler)
     handler.close()
+
+
+@contextlib.contextmanager
+def unit_log(config, unit_id: str) -> Iterator[Path]:
+    """Log to `logs/<unit>.log` (appending) while a unit's stage runs; in a worker process
+    also set up the console as the main process did."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(getattr(h, "_shiva_console", False) for h in logger.handlers):
+        setup_logging(config.verbosity)
+    path = config.logs_dir / f"{unit_id}.log"
+    handler = add_file_log(path)
+    try:
+        yield path
+    finally:
+        remove_file_log(handler)

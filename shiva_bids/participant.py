@@ -2,8 +2,8 @@
 
 A unit is one participant, or one participant x session (DESIGN.md "Data flow"). This module
 owns what happens around a unit (checks, the dataset-level files, the per-unit log file,
-skipping units that lack a required image, the exit code); :func:`process_unit` is the single
-hook where the pipeline of one unit runs.
+skipping units that lack a required image, the exit code); the pipelines themselves
+(shiva_bids.pipeline, shiva_bids.fetal) run the units.
 
 Exit codes (reference/BIDS_APPS.md §1.2, also in docs/usage.md):
 
@@ -28,7 +28,7 @@ from shiva_bids.bids.inputs import InputSet
 from shiva_bids.bids.validation import validate_input
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import ExitCode, MissingInputError, OutputError, ShivaError
-from shiva_bids.log import add_file_log, remove_file_log
+from shiva_bids.log import unit_log
 
 log = logging.getLogger(__name__)
 
@@ -85,45 +85,36 @@ def prepare_output(config: RunConfig) -> None:
     ensure_bidsignore(config.output_dir, NON_BIDS_PATTERNS)
 
 
-def process_unit(inputs: InputSet, config: RunConfig) -> UnitResult:
-    """Run the pipeline on one unit (the hook the participant-level pipeline fills in).
-
-    For now it only logs what would run; it writes no output.
-    """
-    images = {role: path.name for role in ("t1w", "flair", "swi", "t2w")
-              if (path := inputs.image(role)) is not None}
-    log.info("%s: would run pipeline %s (markers %s) on %s%s%s", inputs.unit_id,
-             config.pipeline, " ".join(config.requested_markers), images,
-             f", brain mask {inputs.brain_mask.name}" if inputs.brain_mask else "",
-             f", segmentation {inputs.dseg.name}" if inputs.dseg else "")
-    return UnitResult(inputs.unit_id, PLANNED, "processing is not implemented yet")
-
-
-def run_unit(inputs: InputSet, config: RunConfig) -> UnitResult:
-    """One unit with its own log file `logs/sub-X[_ses-Y].log`: skip it when a required
-    image is missing, else :func:`process_unit`; a failure is logged and reported, not
-    raised, unless `--stop-on-first-crash`."""
-    handler = add_file_log(config.logs_dir / f"{inputs.unit_id}.log")
-    try:
-        for reason in inputs.choices.values():
-            log.info("%s: %s", inputs.unit_id, reason)
+def split_runnable(units: list[InputSet], config: RunConfig
+                   ) -> tuple[list[InputSet], list[UnitResult]]:
+    """Units that have their required image, and SKIPPED results for the others."""
+    runnable, skipped = [], []
+    for inputs in units:
         missing = [role for role in required_roles(config) if not inputs.has(role)]
         if missing:
             reason = f"no {'/'.join(missing)} image found"
-            log.warning("%s: skipped, %s", inputs.unit_id, reason)
-            return UnitResult(inputs.unit_id, SKIPPED, reason)
-        try:
-            return process_unit(inputs, config)
-        except Exception as exc:  # one unit failing does not stop the others
-            one_line = str(exc) if isinstance(exc, ShivaError) else f"{type(exc).__name__}: {exc}"
-            log.error("%s: failed: %s", inputs.unit_id, one_line)
-            log.debug("%s: traceback", inputs.unit_id, exc_info=True)  # log file; console -vv
-            if config.stop_on_first_crash:
-                raise ShivaError(f"{inputs.unit_id} failed: {one_line} (stopped: "
-                                 "--stop-on-first-crash)") from exc
-            return UnitResult(inputs.unit_id, FAILED, one_line)
-    finally:
-        remove_file_log(handler)
+            with unit_log(config, inputs.unit_id):
+                log.warning("%s: skipped, %s", inputs.unit_id, reason)
+            skipped.append(UnitResult(inputs.unit_id, SKIPPED, reason))
+        else:
+            runnable.append(inputs)
+    return runnable, skipped
+
+
+def run_units(units: list[InputSet], config: RunConfig) -> list[UnitResult]:
+    """Run the selected pipeline on the units; map its outcomes to unit results."""
+    from shiva_bids.runner import StopRun
+    if config.pipeline == "fetal-cgm":
+        from shiva_bids.fetal.pipeline import run_fetal_units as run_pipeline
+    else:
+        from shiva_bids.pipeline import run_shiva_units as run_pipeline
+    try:
+        outcome = run_pipeline(config, units)
+    except StopRun as stop:
+        raise ShivaError(f"{stop} failed (stopped: --stop-on-first-crash; see "
+                         f"{config.logs_dir}/crash-{stop}.txt)") from stop
+    return [UnitResult(o.unit_id, FAILED if o.status == "failed" else DONE, o.message)
+            for o in outcome.outcomes]
 
 
 def exit_code(results: list[UnitResult]) -> ExitCode:
@@ -146,7 +137,9 @@ def run_participant_level(config: RunConfig) -> ExitCode:
     units = discover_inputs(config)
     log.info("%d participant/session unit(s) selected", len(units))
     prepare_output(config)
-    results = [run_unit(inputs, config) for inputs in units]
+    runnable, results = split_runnable(units, config)
+    if runnable:
+        results += run_units(runnable, config)
     skipped = [r.unit_id for r in results if r.status == SKIPPED]
     failed = [r.unit_id for r in results if r.status == FAILED]
     code = exit_code(results)

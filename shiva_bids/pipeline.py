@@ -28,6 +28,7 @@ from shiva_bids.bids.derivatives import bids_uri, derivative_name, unit_dir
 from shiva_bids.bids.inputs import MODALITY_TO_ROLE, InputSet
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import UsageError
+from shiva_bids.log import unit_log
 from shiva_bids.markers import MARKERS
 from shiva_bids.models import EnsembleOutput, EnsemblePredictor, ModelDescriptor, \
     discover_descriptors, select_descriptors
@@ -121,8 +122,10 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
     needs = set(plan.needs)
     if "CMB" in plan.descriptors:
         needs.add("swi")
-    return preprocess_unit(plan.inputs, needs, options,
-                           config.work_dir / plan.inputs.unit_id)
+    with unit_log(config, plan.inputs.unit_id):
+        log.info("%s: preprocessing for %s", plan.inputs.unit_id, ", ".join(plan.descriptors))
+        return preprocess_unit(plan.inputs, needs, options,
+                               config.work_dir / plan.inputs.unit_id)
 
 
 def predict_chunk(plans: Sequence[UnitPlan], units: dict[str, object],
@@ -322,7 +325,8 @@ def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
         units_ready = {}
         for plan, result in zip(chunk, results):
             if isinstance(result, Exception):
-                record_failure(config, plan.inputs, "preprocessing", outcome, result)
+                with unit_log(config, plan.inputs.unit_id):
+                    record_failure(config, plan.inputs, "preprocessing", outcome, result)
             else:
                 units_ready[plan.inputs.unit_id] = result
         predictions = predict_chunk(chunk, units_ready, predictors)
@@ -332,8 +336,10 @@ def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
                 continue
             outputs = {m: predictions[(plan.inputs.unit_id, m)] for m in plan.descriptors}
             marker_provenance = {m: provenance[d.path] for m, d in plan.descriptors.items()}
-            done = guarded(config, plan.inputs, "post-processing", outcome,
-                           lambda: finish_unit(config, plan, unit, outputs, marker_provenance))
+            with unit_log(config, plan.inputs.unit_id):
+                done = guarded(config, plan.inputs, "post-processing", outcome,
+                               lambda: finish_unit(config, plan, unit, outputs,
+                                                   marker_provenance))
             if done is not None:
                 outcome.outcomes.append(done)
     return outcome

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Sequence
 from shiva_bids.bids.derivatives import unit_dir
 from shiva_bids.bids.inputs import InputSet, MODALITY_TO_ROLE
 from shiva_bids.config import RunConfig
+from shiva_bids.errors import ShivaError
 from shiva_bids.io import atomic_write_text
 from shiva_bids.summary import is_complete, summary_path
 
@@ -127,8 +128,10 @@ def record_failure(config: RunConfig, inputs: InputSet, stage: str, outcome: Run
                    exc: Exception) -> None:
     """Write the unit's crash file and record the failure (or stop the run when asked)."""
     path = write_crash(config.output_dir, inputs.unit_id, stage, exc)
-    message = f"{stage} failed: {exc}"
-    log.error("%s: %s (details: %s)", inputs.unit_id, message, path)
+    message = f"{stage}: {exc if isinstance(exc, ShivaError) else f'{type(exc).__name__}: {exc}'}"
+    log.error("%s: failed: %s (details: %s)", inputs.unit_id, message,
+              path.relative_to(config.output_dir))
+    log.debug("%s: %s", inputs.unit_id, path.read_text())  # the unit's log file; -vv console
     outcome.outcomes.append(UnitOutcome(inputs.unit_id, "failed", message))
     if config.stop_on_first_crash:
         raise StopRun(inputs.unit_id) from exc
