@@ -59,6 +59,20 @@ def batch_size_for(mem_gb: float | None, grid: Sequence[int], n_images: int) -> 
     return int(max(1, min(n_images, (mem_gb - _BASE_PROCESS_GB) // per_image)))
 
 
+def images_per_call(mem_gb: float | None, grid: Sequence[int], channels: int) -> int | None:
+    """How many images one `predict()` call may queue under `mem_gb` (None: no budget).
+
+    Each queued image holds its input (float32 x channels), two float64 accumulators and two
+    float32 results; one forward pass is reserved on top of the process itself.
+    """
+    if not mem_gb:
+        return None
+    voxels = float(np.prod(grid))
+    per_image = voxels * (4 * channels + 2 * 8 + 2 * 4)
+    spare = (mem_gb - _BASE_PROCESS_GB) * 2**30 - voxels * FORWARD_BYTES_PER_VOXEL
+    return int(max(1, spare // per_image))
+
+
 def release_memory(fmt: str) -> None:
     """Drop the Keras session of the library that loaded a `fmt` model, then collect garbage.
 
@@ -146,6 +160,11 @@ class EnsemblePredictor:
     @property
     def format(self) -> str:
         return self._probe()[2]
+
+    @property
+    def queue_size(self) -> int | None:
+        """Images to pass per `predict()` call under the `--mem` budget (None: no limit)."""
+        return images_per_call(self.mem_gb, self.input_shape, self.channels)
 
     @property
     def provenance(self) -> dict[str, Any]:
