@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shiva_bids.postprocessing import (build_regions, cluster_census, find_clusters,
-                                       postprocess_marker, region_stats)
+                                       postprocess_marker, region_stats, stats_by_region)
 from shiva_bids.postprocessing.regions import RegionMap
 from shiva_bids.volume import Volume
 
@@ -109,3 +109,12 @@ def test_postprocess_marker_converts_the_shiva_min_size():
     # min size 2 voxels of 1 mm = 2 mm^3: the 3-voxel cluster (1.5 mm^3) is dropped
     result = postprocess_marker("PVS", prob, brain, 0.5, 2, spread, regions)
     assert result.clusters.count == 1 and result.census.column("volume_mm3") == [2.0]
+
+
+def test_stats_by_region_for_unit_summaries():
+    prob, spread, regions = _setup()
+    census = cluster_census(find_clusters(prob, 0.5, 1.0, None), prob, spread, regions, "PVS")
+    by_region = stats_by_region(region_stats(census, regions, "PVS", 10.0))
+    assert list(by_region)[0] == "Whole brain"
+    assert by_region["Left Deep WM"]["total_volume_mm3"] == 1.5
+    assert "region" not in by_region["Left Deep WM"]

@@ -32,8 +32,8 @@ from shiva_bids.volume import Volume
 
 def marker_paths(output_dir: Path, inputs: InputSet, marker: str,
                  space: str | None = None) -> dict[str, Path]:
-    """Output paths of one marker (keys: probseg, mask, dseg, dseg_tsv, brain_mask, stats,
-    stats_json)."""
+    """Output paths of one marker (keys: probseg, mask, dseg, dseg_tsv (alias census),
+    brain_mask, stats, stats_json)."""
     space = space or MARKERS[marker].space
     src = inputs.entities
     path = lambda suffix, ext=".nii.gz", **e: deriv.derivative_path(  # noqa: E731
@@ -43,6 +43,7 @@ def marker_paths(output_dir: Path, inputs: InputSet, marker: str,
         "mask": path("mask", label=marker),
         "dseg": path("dseg", seg=marker),
         "dseg_tsv": path("dseg", ".tsv", seg=marker),
+        "census": path("dseg", ".tsv", seg=marker),  # the same file: the census is the LUT
         "brain_mask": path("mask", desc="brain"),
         "stats": path("stats", ".tsv", seg=marker),
         "stats_json": path("stats", ".json", seg=marker),
