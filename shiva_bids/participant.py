@@ -101,6 +101,23 @@ def split_runnable(units: list[InputSet], config: RunConfig
     return runnable, skipped
 
 
+def rebuild_reports(units: list[InputSet], config: RunConfig) -> list[UnitResult]:
+    """`--reports-only`: re-render the report of every complete unit, compute nothing."""
+    from shiva_bids.reports.participant import rebuild_report
+    from shiva_bids.summary import is_complete, read_summary, summary_path
+    results = []
+    for inputs in units:
+        if not is_complete(config.output_dir, inputs.entities):
+            log.warning("%s: no complete outputs, no report to rebuild", inputs.unit_id)
+            results.append(UnitResult(inputs.unit_id, SKIPPED, "no complete outputs"))
+            continue
+        summary = read_summary(summary_path(config.output_dir, inputs.entities))
+        log.warning("%s: report rebuilt: %s", inputs.unit_id,
+                    rebuild_report(config.output_dir, summary))
+        results.append(UnitResult(inputs.unit_id, DONE))
+    return results
+
+
 def run_units(units: list[InputSet], config: RunConfig) -> list[UnitResult]:
     """Run the selected pipeline on the units; map its outcomes to unit results."""
     from shiva_bids.runner import StopRun
@@ -138,7 +155,9 @@ def run_participant_level(config: RunConfig) -> ExitCode:
     log.info("%d participant/session unit(s) selected", len(units))
     prepare_output(config)
     runnable, results = split_runnable(units, config)
-    if runnable:
+    if runnable and config.reports_only:
+        results += rebuild_reports(runnable, config)
+    elif runnable:
         results += run_units(runnable, config)
     skipped = [r.unit_id for r in results if r.status == SKIPPED]
     failed = [r.unit_id for r in results if r.status == FAILED]

@@ -58,16 +58,16 @@ def _load(path: Path) -> Volume:
     return Volume(np.asanyarray(img.dataobj), img.affine)
 
 
-def draw_marker_figures(output_dir: Path, summary: UnitSummary, background: Path) -> None:
-    """Draw each segmented marker's figures from its output files onto `background` (the
-    native reference image; the SWI for CMB is looked up in the summary inputs)."""
+def draw_marker_figures(output_dir: Path, summary: UnitSummary,
+                        background: Path | None = None) -> None:
+    """Draw each segmented marker's figures from its output files onto its native reference
+    image (`summary.extra["reference_images"][space]`, else `background`)."""
     for name, marker in summary.markers.items():
         if marker.status != "done":
             continue
         files = {kind: output_dir / rel for kind, rel in marker.files.items()}
-        reference = Path(summary.extra.get("reference_images", {}).get(marker.space,
-                                                                       str(background)))
-        bg = _load(reference)
+        reference = summary.extra.get("reference_images", {}).get(marker.space, background)
+        bg = _load(Path(reference))
         prob, labels, brain = (_load(files[k]) for k in ("probseg", "dseg", "brainmask"))
         entity = name.lower()
         save_figure(output_dir, summary.entities, f"{entity}mosaic",
@@ -108,3 +108,10 @@ def render_participant_report(output_dir: Path, summary: UnitSummary) -> Path:
         marker_titles={k: v.description for k, v in MARKERS.items()},
         pipeline_title="SHIVA small vessel disease markers")
     return atomic_write_text(output_dir / f"{summary.unit_id}.html", page)
+
+
+def rebuild_report(output_dir: Path, summary: UnitSummary) -> Path:
+    """`--reports-only`: redraw the marker figures from the outputs on disk and render the
+    page again (QC figures saved during processing are re-used as they are)."""
+    draw_marker_figures(output_dir, summary)
+    return render_participant_report(output_dir, summary)
