@@ -11,8 +11,22 @@ LOGGER_NAME = "shiva_bids"
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+PROGRESS_LOGGER = f"{LOGGER_NAME}.progress"
+
+
+class _ConsoleFilter(logging.Filter):
+    """Records at the chosen level and up, plus progress lines at every verbosity."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or record.name == PROGRESS_LOGGER
+
+
 def setup_logging(verbosity: int) -> logging.Logger:
-    """Console logging: warnings by default, info with -v, debug with -vv."""
+    """Console logging: progress and warnings by default, info with -v, debug with -vv."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 \
         else logging.DEBUG
     logger = logging.getLogger(LOGGER_NAME)
@@ -21,7 +35,8 @@ def setup_logging(verbosity: int) -> logging.Logger:
         if getattr(handler, "_shiva_console", False):
             logger.removeHandler(handler)
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(level)
+    console.setLevel(logging.DEBUG)
+    console.addFilter(_ConsoleFilter(level))
     console.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     console._shiva_console = True  # type: ignore[attr-defined]
     logger.addHandler(console)

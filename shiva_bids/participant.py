@@ -112,8 +112,8 @@ def rebuild_reports(units: list[InputSet], config: RunConfig) -> list[UnitResult
             results.append(UnitResult(inputs.unit_id, SKIPPED, "no complete outputs"))
             continue
         summary = read_summary(summary_path(config.output_dir, inputs.entities))
-        log.warning("%s: report rebuilt: %s", inputs.unit_id,
-                    rebuild_report(config.output_dir, summary))
+        log.info("%s: report rebuilt: %s", inputs.unit_id,
+                 rebuild_report(config.output_dir, summary))
         results.append(UnitResult(inputs.unit_id, DONE))
     return results
 

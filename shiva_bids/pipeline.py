@@ -29,6 +29,7 @@ from shiva_bids.bids.inputs import MODALITY_TO_ROLE, InputSet
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import UsageError
 from shiva_bids.log import unit_log
+from shiva_bids.progress import Progress
 from shiva_bids.markers import MARKERS
 from shiva_bids.models import EnsembleOutput, EnsemblePredictor, ModelDescriptor, \
     discover_descriptors, select_descriptors
@@ -293,10 +294,9 @@ def finish_unit(config: RunConfig, plan: UnitPlan, unit,
     summary.runtime_s = elapsed(plan.started)
     render_participant_report(config.output_dir, summary)
     write_summary(config.output_dir, summary)
-    log.warning("%s: done in %.0f s (%s)", inputs.unit_id, summary.runtime_s,
-                ", ".join(f"{m.marker} {m.n_clusters}" for m in summary.markers.values()
-                          if m.status == "done") or "no marker")
-    return UnitOutcome(inputs.unit_id, "done")
+    found = ", ".join(f"{m.marker} {m.n_clusters} clusters" for m in summary.markers.values()
+                      if m.status == "done")
+    return UnitOutcome(inputs.unit_id, "done", f"done in {summary.runtime_s:.0f} s ({found})")
 
 
 def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
@@ -318,27 +318,42 @@ def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
         return outcome
     shape = model_grid(predictors)
     provenance = {path: p.provenance for path, p in predictors.items()}
-    for chunk in chunks(runnable, chunk_size(config.mem_gb)):
-        results = parallel_map(preprocess_plan, [(p, config, shape) for p in chunk],
-                               config.nprocs)
-        units_ready = {}
-        for plan, result in zip(chunk, results):
-            if isinstance(result, Exception):
-                with unit_log(config, plan.inputs.unit_id):
-                    record_failure(config, plan.inputs, "preprocessing", outcome, result)
-            else:
-                units_ready[plan.inputs.unit_id] = result
-        predictions = predict_chunk(chunk, units_ready, predictors)
-        for plan in chunk:
-            unit = units_ready.pop(plan.inputs.unit_id, None)
-            if unit is None:
-                continue
-            outputs = {m: predictions[(plan.inputs.unit_id, m)] for m in plan.descriptors}
-            marker_provenance = {m: provenance[d.path] for m, d in plan.descriptors.items()}
-            with unit_log(config, plan.inputs.unit_id):
-                done = guarded(config, plan.inputs, "post-processing", outcome,
-                               lambda: finish_unit(config, plan, unit, outputs,
-                                                   marker_provenance))
-            if done is not None:
-                outcome.outcomes.append(done)
+    progress = Progress(len(runnable))
+    try:
+        for chunk in chunks(runnable, chunk_size(config.mem_gb)):
+            process_chunk(config, chunk, shape, predictors, provenance, outcome, progress)
+    finally:
+        progress.close()
     return outcome
+
+
+def process_chunk(config: RunConfig, chunk: Sequence[UnitPlan], shape: tuple[int, int, int],
+                  predictors: dict[Path, EnsemblePredictor], provenance: dict[Path, dict],
+                  outcome: RunOutcome, progress: Progress) -> None:
+    """Preprocess, predict and finish the units of one chunk."""
+    for plan in chunk:
+        progress.stage(plan.inputs.unit_id, "preprocessing")
+    results = parallel_map(preprocess_plan, [(p, config, shape) for p in chunk], config.nprocs)
+    units_ready = {}
+    for plan, result in zip(chunk, results):
+        if isinstance(result, Exception):
+            with unit_log(config, plan.inputs.unit_id):
+                record_failure(config, plan.inputs, "preprocessing", outcome, result)
+            progress.done(plan.inputs.unit_id, outcome.outcomes[-1].message)
+        else:
+            units_ready[plan.inputs.unit_id] = result
+    progress.stage(f"{len(units_ready)} unit(s)", "inference")
+    predictions = predict_chunk(chunk, units_ready, predictors)
+    for plan in chunk:
+        unit = units_ready.pop(plan.inputs.unit_id, None)
+        if unit is None:
+            continue
+        progress.stage(plan.inputs.unit_id, "post-processing and report")
+        outputs = {m: predictions[(plan.inputs.unit_id, m)] for m in plan.descriptors}
+        marker_provenance = {m: provenance[d.path] for m, d in plan.descriptors.items()}
+        with unit_log(config, plan.inputs.unit_id):
+            done = guarded(config, plan.inputs, "post-processing", outcome,
+                           lambda: finish_unit(config, plan, unit, outputs, marker_provenance))
+        if done is not None:
+            outcome.outcomes.append(done)
+        progress.done(plan.inputs.unit_id, outcome.outcomes[-1].message)
