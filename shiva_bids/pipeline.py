@@ -30,6 +30,7 @@ from shiva_bids.config import RunConfig
 from shiva_bids.errors import UsageError
 from shiva_bids.log import unit_log
 from shiva_bids.progress import Progress
+from shiva_bids.reports.citation import methods_markdown, write_citation
 from shiva_bids.markers import MARKERS
 from shiva_bids.models import EnsembleOutput, EnsemblePredictor, ModelDescriptor, \
     discover_descriptors, select_descriptors
@@ -324,6 +325,9 @@ def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
             process_chunk(config, chunk, shape, predictors, provenance, outcome, progress)
     finally:
         progress.close()
+    write_citation(config.output_dir, methods_markdown(
+        sorted({m for p in runnable for m in p.descriptors}, key=list(MARKERS).index),
+        demo=any(d.is_demo for p in runnable for d in p.descriptors.values())))
     return outcome
 
 

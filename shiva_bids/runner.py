@@ -30,6 +30,7 @@ from shiva_bids.bids.inputs import InputSet, MODALITY_TO_ROLE
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import ShivaError
 from shiva_bids.io import atomic_write_text
+from shiva_bids.log import unit_log
 from shiva_bids.summary import is_complete, summary_path
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,9 @@ def pending_units(config: RunConfig, units: Sequence[InputSet],
     todo = []
     for inputs in units:
         if not config.force and is_complete(config.output_dir, inputs.entities):
-            log.warning("%s: already complete, skipped (use --force to recompute)",
-                        inputs.unit_id)
+            with unit_log(config, inputs.unit_id):
+                log.warning("%s: already complete, skipped (use --force to recompute)",
+                            inputs.unit_id)
             outcome.outcomes.append(UnitOutcome(inputs.unit_id, "skipped", "already complete"))
             continue
         clear_stale_outputs(config.output_dir, inputs)

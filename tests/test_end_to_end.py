@@ -1,0 +1,166 @@
+"""End to end from the CLI: participant then group on a phantom dataset with tiny models.
+
+The dataset (issue 7 "Done when"): sub-01 with two sessions, sub-02 without FLAIR (WMH and LAC
+skipped), sub-03 with a corrupt SWI (that unit fails with a crash file, the others finish).
+Brain masks come from the phantom's reference derivatives (`--derivatives`), as they would
+from fMRIPrep, which keeps the test fast; template-based masking is tested with preprocessing.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from shiva_bids.cli import main
+from shiva_bids.models.testing import write_tiny_model_folder
+from shiva_bids.synthetic import generate_dataset
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+MODELS = {"PVS": ("t1",), "WMH": ("t1", "flair"), "CMB": ("swi",), "LAC": ("t1", "flair")}
+UNITS = ("sub-01_ses-1", "sub-01_ses-2", "sub-02_ses-1")
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = generate_dataset(root / "bids", n_participants=3, n_sessions=2, seed=11,
+                            loads=["mild", "severe", "mild"])
+    bids = data.root
+    for sub in ("02", "03"):  # only sub-01 keeps two sessions
+        shutil.rmtree(bids / f"sub-{sub}" / "ses-2")
+    for path in (bids / "sub-02" / "ses-1" / "anat").glob("*_FLAIR.*"):
+        path.unlink()
+    swi = next((bids / "sub-03" / "ses-1" / "anat").glob("*_T2starw.nii.gz"))
+    swi.write_bytes(swi.read_bytes()[:4000])  # truncated gzip
+    models = root / "models"
+    for marker, modalities in MODELS.items():
+        write_tiny_model_folder(models, marker, modalities, n_folds=2, demo=True)
+    return root, bids, models
+
+
+def participant_args(root: Path, bids: Path, models: Path, *extra: str) -> list[str]:
+    return [str(bids), str(root / "out"), "participant", "--models-dir", str(models),
+            "--derivatives", f"truth={bids / 'derivatives' / 'reference'}",
+            "-w", str(root / "work"), "--skip-bids-validation", "--nprocs", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def first_run(world):
+    root, bids, models = world
+    before = tree_digest(bids)
+    code = main(participant_args(root, bids, models))
+    return root, bids, models, code, before
+
+
+def summary(out: Path, unit: str) -> dict:
+    sub, ses = unit.split("_")
+    return json.loads((out / sub / ses / f"{unit}_summary.json").read_text())
+
+
+def test_participant_level_outputs_and_exit_code(first_run):
+    root, bids, _, code, before = first_run
+    out = root / "out"
+    assert code == 1  # sub-03 failed
+    assert tree_digest(bids) == before  # nothing written into the input dataset
+    for unit in UNITS:
+        sub, ses = unit.split("_")
+        anat = out / sub / ses / "anat"
+        record = summary(out, unit)
+        assert record["status"] == "complete" and record["demo_models"] is True
+        done = [m for m, v in record["markers"].items() if v["status"] == "done"]
+        for marker in done:
+            space = "SWI" if marker == "CMB" else "T1w"
+            for name in (f"space-{space}_label-{marker}_probseg.nii.gz",
+                         f"space-{space}_label-{marker}_mask.nii.gz",
+                         f"space-{space}_seg-{marker}_dseg.nii.gz",
+                         f"space-{space}_seg-{marker}_dseg.tsv",
+                         f"space-{space}_label-{marker}_probseg.json"):
+                assert (anat / f"{unit}_{name}").is_file(), name
+        native = nib.load(next((bids / sub / ses / "anat").glob("*_T1w.nii.gz")))
+        prob = nib.load(anat / f"{unit}_space-T1w_label-PVS_probseg.nii.gz")
+        assert prob.shape == native.shape and np.allclose(prob.affine, native.affine)
+        assert (out / f"{unit}.html").is_file()
+        assert (out / "logs" / f"{unit}.log").is_file()
+    skipped = summary(out, "sub-02_ses-1")["markers"]
+    assert skipped["WMH"]["status"] == "skipped" and "flair" in skipped["WMH"]["reason"]
+    assert skipped["LAC"]["status"] == "skipped"
+    assert set(summary(out, "sub-01_ses-1")["markers"]) == set(MODELS)
+    crash = (out / "logs" / "crash-sub-03_ses-1.txt").read_text()
+    assert "T2starw" in crash and "Traceback" in crash
+    assert not (out / "sub-03" / "ses-1" / "sub-03_ses-1_summary.json").exists()
+    assert "Front Neuroinform" in (out / "logs" / "CITATION.md").read_text()
+    from shiva_bids.bids.validation import validate_dataset
+    report = validate_dataset(out)
+    assert report.ok, report.summary()
+
+
+def test_group_level_gathers_every_unit(first_run):
+    root, bids, _, _, _ = first_run
+    out = root / "out"
+    assert main([str(bids), str(out), "group"]) == 0
+    with open(out / "group" / "shiva_group.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [(r["participant_id"], r["session_id"]) for r in rows] == [
+        ("sub-01", "ses-1"), ("sub-01", "ses-2"), ("sub-02", "ses-1")]
+    assert rows[2]["WMH_status"] == "skipped"
+    page = (out / "group_report.html").read_text()
+    assert "sub-03_ses-1" in page and "DEMO MODELS" in page
+
+
+def test_rerun_skips_complete_units(first_run):
+    root, bids, models, _, _ = first_run
+    out = root / "out"
+    stamp = (out / "sub-01" / "ses-1" / "sub-01_ses-1_summary.json").stat().st_mtime_ns
+    assert main(participant_args(root, bids, models, "--participant-label", "01")) == 0
+    assert (out / "sub-01" / "ses-1" / "sub-01_ses-1_summary.json").stat().st_mtime_ns == stamp
+    assert "already complete" in (out / "logs" / "sub-01_ses-1.log").read_text()
+
+
+def test_kill_then_rerun_finishes_the_job(first_run):
+    root, bids, models, _, _ = first_run
+    out = root / "out"
+    record = out / "sub-02" / "ses-1" / "sub-02_ses-1_summary.json"
+    args = participant_args(root, bids, models, "--participant-label", "02", "--force")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "shiva_bids", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_file = out / "logs" / "sub-02_ses-1.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if record.exists() is False and "preprocessing for" in log_file.read_text():
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not record.exists()  # nothing looks complete after the kill
+    assert not (out / "sub-02_ses-1.html").exists()
+    assert main(participant_args(root, bids, models, "--participant-label", "02")) == 0
+    assert json.loads(record.read_text())["status"] == "complete"
+
+
+def test_reports_only_rebuilds_the_page(first_run):
+    root, bids, models, _, _ = first_run
+    out = root / "out"
+    page = out / "sub-01_ses-2.html"
+    page.unlink()
+    assert main(participant_args(root, bids, models, "--participant-label", "01",
+                                 "--reports-only")) == 0
+    assert "data:image/png;base64" in page.read_text()
