@@ -218,7 +218,24 @@ def _tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_participant_run_writes_nothing_into_bids_dir(dataset, tmp_path, capsys):
+@pytest.fixture
+def pipeline_calls(monkeypatch):
+    """Replace the pipeline by a recorder: these tests cover what the participant level does
+    around the units (checks, skips, logs, exit codes); tests/test_end_to_end.py runs the
+    real pipeline."""
+    from shiva_bids import participant
+    calls = []
+
+    def run_units(units, config):
+        calls.append([u.unit_id for u in units])
+        return [participant.UnitResult(u.unit_id, participant.DONE) for u in units]
+
+    monkeypatch.setattr(participant, "run_units", run_units)
+    return calls
+
+
+def test_participant_run_writes_nothing_into_bids_dir(dataset, tmp_path, capsys,
+                                                      pipeline_calls):
     before = _tree_digest(dataset)
     folders_before = sorted(p for p in dataset.rglob("*"))
     code, _, err = run_cli(capsys, dataset, tmp_path / "out", "participant", "-v",
@@ -228,50 +245,58 @@ def test_participant_run_writes_nothing_into_bids_dir(dataset, tmp_path, capsys)
     # sub-02 has no T1w: skipped with a reason, exit 66 (docs/usage.md "Exit codes")
     assert code == ExitCode.NO_INPUT
     assert "sub-02: skipped, no t1w image found" in err
+    assert pipeline_calls == [["sub-01"]]
     out = tmp_path / "out"
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert "logs" in (out / ".bidsignore").read_text().split()
-    assert "would run pipeline shiva" in (out / "logs" / "sub-01.log").read_text()
     assert "skipped" in (out / "logs" / "sub-02.log").read_text()
 
 
-def test_participant_run_of_complete_units_exits_0(dataset, tmp_path, capsys):
+def test_participant_run_of_complete_units_exits_0(dataset, tmp_path, capsys,
+                                                   pipeline_calls):
     out = tmp_path / "out"
     code, _, _ = run_cli(capsys, dataset, out, "participant", "--participant-label", "01",
                          "--skip-bids-validation")
-    assert code == ExitCode.OK
+    assert code == ExitCode.OK and pipeline_calls == [["sub-01"]]
     assert not (out / "logs" / "sub-02.log").exists()
-    # process_unit writes no unit outputs yet: the group level has nothing to gather
+    # the recorder wrote no unit outputs: the group level has nothing to gather
     code, _, err = run_cli(capsys, dataset, out, "group")
     assert code == ExitCode.NO_INPUT and "participant level first" in err
 
 
-def test_a_failing_unit_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
-    from shiva_bids import participant
+def test_no_models_dir_says_where_to_get_the_models(dataset, tmp_path, capsys):
+    code, _, err = run_cli(capsys, dataset, tmp_path / "out", "participant",
+                           "--participant-label", "01", "--skip-bids-validation")
+    assert code == ExitCode.USAGE
+    assert "--models-dir" in err and "SHIVA_PVS" in err and "shiva-bids demo" in err
 
-    ds = BidsBuilder(tmp_path / "ds")
+
+def test_a_failing_unit_writes_a_crash_file_and_does_not_stop_the_others(tmp_path):
+    from shiva_bids.bids.inputs import InputSet
+    from shiva_bids.config import RunConfig
+    from shiva_bids.runner import RunOutcome, StopRun, guarded
+
+    config = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                       analysis_level="participant")
+    outcome = RunOutcome()
+    results = []
     for sub in ("01", "02", "03"):
-        ds.add_unit(sub, suffixes=("T1w",))
-    seen = []
-
-    def process(inputs, config):
-        seen.append(inputs.subject)
-        if inputs.subject == "02":
-            raise RuntimeError("kaboom")
-        return participant.UnitResult(inputs.unit_id, participant.DONE)
-
-    monkeypatch.setattr(participant, "process_unit", process)
-    args = [ds.root, tmp_path / "out", "participant", "--skip-bids-validation"]
-    code, _, err = run_cli(capsys, *args)
-    assert code == ExitCode.FAILURE and seen == ["01", "02", "03"]
-    assert "sub-02: failed: RuntimeError: kaboom" in err and "Traceback" not in err
-    assert "Traceback" in (tmp_path / "out" / "logs" / "sub-02.log").read_text()
-    seen.clear()
-    code, _, err = run_cli(capsys, *args, "--stop-on-first-crash")
-    assert code == ExitCode.FAILURE and seen == ["01", "02"]
-    assert err.strip().splitlines()[-1] == ("shiva-bids: error: sub-02 failed: RuntimeError: "
-                                            "kaboom (stopped: --stop-on-first-crash)")
+        def work(sub=sub):
+            if sub == "02":
+                raise RuntimeError("kaboom")
+            return sub
+        results.append(guarded(config, InputSet(sub), "post-processing", outcome, work))
+    assert results == ["01", None, "03"]
+    assert [o.unit_id for o in outcome.failed] == ["sub-02"]
+    assert outcome.failed[0].message == "post-processing: RuntimeError: kaboom"
+    crash = (tmp_path / "out" / "logs" / "crash-sub-02.txt").read_text()
+    assert "stage: post-processing" in crash and "Traceback" in crash
+    stopping = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                         analysis_level="participant", stop_on_first_crash=True)
+    with pytest.raises(StopRun):
+        guarded(stopping, InputSet("02"), "preprocessing", RunOutcome(),
+                lambda: 1 / 0)
 
 
 def test_run_py_and_python_m_behave_the_same(tmp_path):
