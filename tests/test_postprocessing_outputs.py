@@ -48,13 +48,15 @@ def _write_unit(out: Path, bids: Path):
     prob, brain, seg = _unit_volumes()
     inputs = InputSet("01", "1", t1w=bids / RAW_T1, swi=bids / RAW_SWI)
     paths = {}
-    for marker, raw in (("PVS", RAW_T1), ("CMB", RAW_SWI)):
-        scheme = "pvs" if marker == "PVS" else "mars"
+    empty = prob.with_data(np.zeros(prob.shape, np.float32))
+    for marker, raw, probability in (("PVS", RAW_T1, prob), ("CMB", RAW_SWI, prob),
+                                     ("LAC", RAW_T1, empty)):
+        scheme = {"PVS": "pvs", "CMB": "mars", "LAC": "mars"}[marker]
         regions = build_regions(scheme, prob, dseg=seg, brain=brain)
-        result = postprocess_marker(marker, prob, brain, 0.5, 1, prob.with_data(prob.data / 10),
-                                    regions)
+        result = postprocess_marker(marker, probability, brain, 0.5, 1,
+                                    prob.with_data(prob.data / 10), regions)
         paths[marker] = write_marker_outputs(
-            out, inputs, marker, prob, None, result.clusters, result.census, result.stats,
+            out, inputs, marker, probability, None, result.clusters, result.census, result.stats,
             brain, [f"bids:raw:{raw}"], f"bids:raw:{raw}",
             {"name": "demo-" + marker, "checksums": {"fold0": "abc"}, "demo": True},
             {"min_cluster_size": 1})
@@ -92,6 +94,9 @@ def test_files_names_and_dtypes(unit):
     lines = pvs["dseg_tsv"].read_text().splitlines()
     assert len(lines) - 1 == int(np.asarray(dseg.dataobj).max())
     assert "*_stats.tsv" in (out / ".bidsignore").read_text().split()
+    empty = paths["LAC"]  # a marker without clusters: header-only census, zero stats
+    assert empty["dseg_tsv"].read_text().count("\n") == 1
+    assert "LAC\tWhole brain\t-1\t0\t0.0\t" in empty["stats"].read_text()
 
 
 def test_sidecars(unit):

@@ -217,6 +217,11 @@ def test_atlas_warped_with_an_ants_affine(tmp_path):
     assert np.array_equal(identity.data, atlas.data)
     # native voxel i samples atlas voxel i - 3
     assert np.array_equal(warped.data[5:], atlas.data[2:-3])
+    # the same transforms bring a segmentation's derived parcellation to another image
+    seg = _slab_seg()
+    plain = build_regions("pvs", seg, dseg=seg).labels.data
+    shifted = build_regions("pvs", seg, dseg=seg, dseg_transforms=[path]).labels.data
+    assert np.array_equal(shifted[5:], plain[2:-3]) and shifted.dtype == plain.dtype
 
 
 def test_no_region_source_means_whole_brain_only():
