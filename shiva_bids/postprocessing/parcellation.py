@@ -156,7 +156,7 @@ def _lobe_seeds(seg: np.ndarray) -> tuple[np.ndarray, bool]:
     """Per voxel: lobe (0-3, or UNPARCELLATED) of lobar cortex seeds, -1 elsewhere; and
     whether Desikan parcels were found."""
     lobe = np.full(seg.shape, -1, dtype=np.int8)
-    parcellated = bool((seg >= 1000).any())
+    parcellated = _has_desikan(seg)
     if parcellated:
         for index, parcels in LOBE_PARCELS.items():
             seeds = [p for p in parcels if p not in NOT_SEEDS]
@@ -290,6 +290,12 @@ def derived_parcellation(dseg: Volume) -> Volume:
     return seg.with_data(out)
 
 
+def _has_desikan(seg: np.ndarray) -> bool:
+    """True when `seg` holds Desikan cortical parcels (1001-1035 / 2001-2035)."""
+    return bool((((seg > 1000) & (seg <= 1035)) | ((seg > 2000) & (seg <= 2035))).any())
+
+
 def has_cortical_parcels(dseg: Volume) -> bool:
-    """True when the segmentation carries Desikan parcels (labels >= 1000)."""
-    return bool((np.asarray(dseg.data) >= 1000).any())
+    """True when the segmentation carries Desikan cortical parcels (`aparc+aseg`, SynthSeg
+    `--parc`); False for `aseg`, fMRIPrep `desc-aseg_dseg`, SynthSeg without parcels."""
+    return _has_desikan(np.rint(np.asarray(dseg.data)))
