@@ -15,6 +15,8 @@ from shiva_bids.markers import MARKERS
 from shiva_bids.postprocessing import build_regions, min_size_to_mm3, postprocess_marker
 from shiva_bids.volume import Volume
 
+from fs_phantom import ellipsoid  # noqa: E402  (tests/ helper)
+
 ZOOMS = (0.9, 0.9, 1.2)
 SHAPE = (100, 110, 80)
 # Lesions: centre (world mm), semi-axes (mm), hemisphere. Deep WM, > 8 mm from each other.
@@ -37,16 +39,12 @@ def _world() -> tuple[np.ndarray, np.ndarray]:
     return affine, world + affine[:3, 3, None, None, None].astype(np.float32)
 
 
-def _ellipsoid(world, centre, axes) -> np.ndarray:
-    return sum(((world[i] - centre[i]) / axes[i]) ** 2 for i in range(3)) <= 1.0
-
-
 @pytest.fixture(scope="module")
 def head():
     affine, world = _world()
-    inner = _ellipsoid(world, (0, 0, 0), (36.0, 44.0, 30.0))
-    parenchyma = _ellipsoid(world, (0, 0, 0), (32.0, 40.0, 26.0))
-    wm = _ellipsoid(world, (0, 0, 0), (29.0, 37.0, 23.0))
+    inner = ellipsoid(world, (0, 0, 0), (36.0, 44.0, 30.0))
+    parenchyma = ellipsoid(world, (0, 0, 0), (32.0, 40.0, 26.0))
+    wm = ellipsoid(world, (0, 0, 0), (29.0, 37.0, 23.0))
     left = world[0] < 0
     front = world[1] >= 0
     seg = np.zeros(SHAPE, np.int32)
@@ -60,11 +58,11 @@ def head():
     seg[wm & ~left] = 41
     truth = np.zeros(SHAPE, np.int32)
     for index, (centre, axes, _) in enumerate(LESIONS, start=1):
-        truth[_ellipsoid(world, centre, axes)] = index
-    extra = _ellipsoid(world, *OUTSIDE) | _ellipsoid(world, *IN_CSF)
+        truth[ellipsoid(world, centre, axes)] = index
+    extra = ellipsoid(world, *OUTSIDE) | ellipsoid(world, *IN_CSF)
     brain_mask = (seg > 0)  # includes CSF, as SynthSeg's does (SHIVA.md §14 item 6)
-    assert not (_ellipsoid(world, *OUTSIDE) & brain_mask).any()
-    assert (seg[_ellipsoid(world, *IN_CSF)] == 24).all()
+    assert not (ellipsoid(world, *OUTSIDE) & brain_mask).any()
+    assert (seg[ellipsoid(world, *IN_CSF)] == 24).all()
     return (Volume(truth, affine), Volume(extra, affine), Volume(seg, affine),
             Volume(brain_mask.astype(np.uint8), affine))
 
