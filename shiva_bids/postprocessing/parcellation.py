@@ -15,8 +15,8 @@ Where shiva-bids differs (documented in docs/outputs.md):
   SynthSeg without `--parc`) has no lobes: its cortex (3/42) is the seed of an "unparcellated"
   pseudo-lobe with derived labels 61-64 (left) / 81-84 (right), same GM/JC/deep/PV order;
 * FreeSurfer's lateralised WM hypointensities 78/79 go to left/right WM like 77 does;
-* the SynthSeg corpus-callosum "seam" (§9.1 item 8) is not reconstructed: without labels
-  251-255 the callosum stays in the lobar deep/periventricular WM;
+* the SynthSeg corpus-callosum seam (§9.1 item 8) only relabels lobar WM voxels (capsule
+  labels win);
 * the external capsule (§9.1 item 7) is built as described but the closing uses a 3x3x3
   structure iterated 3 times (a cube, not a ball).
 """
@@ -53,6 +53,9 @@ HIPPOCAMPUS = ((17, 18), (53, 54))
 CEREBELLUM = ((7, 8), (46, 47))
 BRAINSTEM = 16
 CORPUS_CALLOSUM = (251, 252, 253, 254, 255)
+CINGULATE = (1002, 1010, 1023, 1026)  # left Desikan cingulate parcels (right = + 1000)
+CC_SEAM_GROWTH = 10  # taxicab, SynthSeg callosum (item 8)
+CC_OPENINGS = 2
 
 # Derived label values (§9.1 table); right = left + 20 (lobar, insula) or + 10 (deep grey).
 LOBE_BASE = {0: 1, 1: 5, 2: 9, 3: 13, UNPARCELLATED: 61}  # + 0 GM, 1 JC, 2 deep, 3 PV
@@ -265,9 +268,11 @@ def _external_capsule(seg: np.ndarray, side: int, allowed: np.ndarray) -> np.nda
 
 def _corpus_callosum(seg: np.ndarray, out: np.ndarray) -> None:
     """§9.1 item 8 (FreeSurfer): labels 251-255 take the side of the nearest cerebral WM
-    voxel (Euclidean; searched in the callosum's box grown by 20 voxels)."""
+    voxel (Euclidean; searched in the callosum's box grown by 20 voxels). Without those labels
+    (SynthSeg) the callosum is rebuilt from the seam between left and right WM."""
     cc = _isin(seg, CORPUS_CALLOSUM)
     if not cc.any():
+        _callosum_seam(seg, out)
         return
     box = _bbox(cc, 20)
     local = seg[box]
@@ -278,6 +283,30 @@ def _corpus_callosum(seg: np.ndarray, out: np.ndarray) -> None:
     _, nearest = ndimage.distance_transform_edt(~wm, return_indices=True)
     side = local[tuple(index[cc[box]] for index in nearest)]
     out[box][cc[box]] = np.where(side == WM[RIGHT], right_of(D_CC), D_CC)
+
+
+def _callosum_seam(seg: np.ndarray, out: np.ndarray) -> None:
+    """§9.1 item 8 (SynthSeg): where left and right cerebral WM meet after a 1-voxel dilation
+    (ventricles and cingulate excluded), grown by taxicab 10, within WM, opened twice. Only
+    lobar WM voxels are relabelled (internal/external capsule labels are kept)."""
+    cube = np.ones((3, 3, 3), bool)
+    left, right = seg == WM[LEFT], seg == WM[RIGHT]
+    if not left.any() or not right.any():
+        return
+    box = _bbox(ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube),
+                CC_SEAM_GROWTH + 2)
+    left, right, local = left[box], right[box], seg[box]
+    seam = ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube)
+    seam &= ~_isin(local, VENTRICLES + CINGULATE + tuple(p + 1000 for p in CINGULATE))
+    if not seam.any():
+        return
+    callosum = (_taxicab_distance(seam) <= CC_SEAM_GROWTH) & (left | right)
+    callosum = ndimage.binary_opening(callosum, iterations=CC_OPENINGS)
+    lobar = np.isin(out[box], [c for base in LOBE_BASE.values() for side in (LEFT, RIGHT)
+                               for c in (_side(base, side) + k for k in (1, 2, 3))])
+    region = out[box]
+    region[callosum & lobar & left] = D_CC
+    region[callosum & lobar & right] = right_of(D_CC)
 
 
 def derived_parcellation(dseg: Volume) -> Volume:
