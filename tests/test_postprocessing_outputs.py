@@ -18,6 +18,7 @@ from shiva_bids.volume import Volume
 
 RAW_T1 = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
 RAW_SWI = "sub-01/ses-1/anat/sub-01_ses-1_swi.nii.gz"
+SEG_PATH = "sub-01/ses-1/anat/sub-01_ses-1_desc-aparcaseg_dseg.nii.gz"
 
 
 def _validator() -> str:
@@ -52,7 +53,8 @@ def _write_unit(out: Path, bids: Path):
     for marker, raw, probability in (("PVS", RAW_T1, prob), ("CMB", RAW_SWI, prob),
                                      ("LAC", RAW_T1, empty)):
         scheme = {"PVS": "pvs", "CMB": "mars", "LAC": "mars"}[marker]
-        regions = build_regions(scheme, prob, dseg=seg, brain=brain)
+        regions = build_regions(scheme, prob, dseg=seg, brain=brain,
+                                dseg_source=f"bids:fs:{SEG_PATH}")
         result = postprocess_marker(marker, probability, brain, 0.5, 1,
                                     prob.with_data(prob.data / 10), regions)
         paths[marker] = write_marker_outputs(
@@ -115,7 +117,8 @@ def test_sidecars(unit):
     assert probseg["Sources"] == [f"bids:raw:{RAW_T1}"]
     assert probseg["Model"]["checksums"] == {"fold0": "abc"}
     dseg = json.loads(deriv.sidecar_path(paths["PVS"]["dseg"]).read_text())
-    assert dseg["RegionSource"] == "dseg:segmentation" and "volume_mm3" in dseg
+    assert dseg["RegionSource"] == f"dseg:bids:fs:{SEG_PATH}" and "volume_mm3" in dseg
+    assert dseg["Sources"][-1] == f"bids:fs:{SEG_PATH}"
     assert "index" not in dseg
     stats = json.loads(paths["PVS"]["stats_json"].read_text())
     assert stats["WholeBrainOnly"] is False and stats["Marker"] == "PVS"

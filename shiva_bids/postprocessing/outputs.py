@@ -158,10 +158,13 @@ def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: 
     jobs.append((_nifti(clusters.labels, _label_dtype(clusters.count)), paths["dseg"], False))
     _save_images(jobs, n_threads)
     atomic_write_text(paths["dseg_tsv"], census.to_tsv())
+    region_source = stats.metadata.get("RegionSource", "none")
+    region_uri = region_source.split(":", 1)[1] if region_source.startswith("dseg:bids:") \
+        else None
     deriv.write_sidecar(paths["dseg"], {
         "Description": f"{spec.description}: clusters labelled 1..N (see the _dseg.tsv)",
-        "Sources": [uri("probseg"), uri("brain_mask")], "ClusterCount": clusters.count,
-        "RegionSource": stats.metadata.get("RegionSource", "none"),
+        "Sources": [uri("probseg"), uri("brain_mask")] + ([region_uri] if region_uri else []),
+        "ClusterCount": clusters.count, "RegionSource": region_source,
         **filtering, **common, **_extra_columns(census)})
 
     atomic_write_text(paths["stats"], stats.to_tsv())
