@@ -86,8 +86,7 @@ def _side(code: int, side: int) -> int:
 
 
 def _isin(seg: np.ndarray, labels) -> np.ndarray:
-    """`np.isin` for non-negative label images, through a look-up table (one gather).
-    Labels beyond the table (larger than any in `seg`, see `_derive`) are ignored."""
+    """`np.isin` for uint16 label images (`_derive` converts), through a look-up table."""
     lut = np.zeros(_LUT_SIZE, dtype=bool)
     lut[[label for label in labels if label < _LUT_SIZE]] = True
     return lut[seg]
@@ -155,18 +154,17 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _lobe_seeds(seg: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Per voxel: lobe (0-3, or UNPARCELLATED) of lobar cortex seeds, -1 elsewhere; and
-    whether Desikan parcels were found."""
+def _lobe_seeds(seg: np.ndarray) -> np.ndarray:
+    """Per voxel: lobe (0-3; UNPARCELLATED for cortex without Desikan parcels) of lobar
+    cortex seeds, -1 elsewhere."""
     lobe = np.full(seg.shape, -1, dtype=np.int8)
-    parcellated = _has_desikan(seg)
-    if parcellated:
+    if _has_desikan(seg):
         for index, parcels in LOBE_PARCELS.items():
             seeds = [p for p in parcels if p not in NOT_SEEDS]
             lobe[_isin(seg, seeds + [p + 1000 for p in seeds])] = index
     else:
         lobe[_isin(seg, CORTEX)] = UNPARCELLATED
-    return lobe, parcellated
+    return lobe
 
 
 def _nearest_lobe(lobe: np.ndarray, hemi: np.ndarray, wm: np.ndarray) -> np.ndarray:
@@ -192,9 +190,9 @@ def _derive(seg: np.ndarray) -> np.ndarray:
     seg = np.clip(seg, 0, _LUT_SIZE - 1).astype(np.uint16)
     _assign_wm_hypointensities(seg)
     out = np.zeros(seg.shape, dtype=np.int16)
-    lobe, parcellated = _lobe_seeds(seg)
+    lobe = _lobe_seeds(seg)
     seeds = lobe >= 0
-    not_seeds = [p for p in NOT_SEEDS] + [p + 1000 for p in NOT_SEEDS]
+    not_seeds = list(NOT_SEEDS) + [p + 1000 for p in NOT_SEEDS]
     hemi = np.full(seg.shape, -1, dtype=np.int8)  # hemisphere of cortex/WM voxels
     for side in (LEFT, RIGHT):
         hemi[_isin(seg, (WM[side], CORTEX[side]))] = side
