@@ -224,6 +224,12 @@ def test_atlas_warped_with_an_ants_affine(tmp_path):
     plain = build_regions("pvs", seg, dseg=seg).labels.data
     shifted = build_regions("pvs", seg, dseg=seg, dseg_transforms=[path]).labels.data
     assert np.array_equal(shifted[5:], plain[2:-3]) and shifted.dtype == plain.dtype
+    # the inverse of the transform shifts the other way; an Atlas carries both
+    back = warp_atlas(atlas, reference, [path], invert=[True])
+    assert np.array_equal(back.data[:-5], atlas.data[3:-2])
+    regions = build_regions("pvs", reference, atlas=Atlas(atlas, names, "toy", [path],
+                                                          lateralize=False))
+    assert np.array_equal(regions.labels.data, warped.data)
 
 
 def test_no_region_source_means_whole_brain_only():

@@ -113,9 +113,11 @@ class RegionMap:
 class Atlas:
     """A labelled atlas in template space and how to bring it to the native grid.
 
-    `transforms` is an ANTs transform list (as for `ants.apply_transforms`, template ->
-    native); empty means the atlas and the native image share world coordinates.
-    `lateralize` splits every label into Left/Right on the template's x = 0 plane.
+    `transforms` is the ANTs transform list that `ants.apply_transforms(fixed=native,
+    moving=atlas)` takes: the `fwdtransforms` of `ants.registration(fixed=native,
+    moving=template)`, or its `invtransforms` with `invert` when the template was the fixed
+    image. Empty means the atlas and the native image share world coordinates. `lateralize`
+    splits every label into Left/Right on the template's x = 0 plane.
     """
 
     image: Volume | Path
@@ -123,6 +125,7 @@ class Atlas:
     name: str
     transforms: Sequence[str] = field(default_factory=tuple)
     lateralize: bool = True
+    invert: Sequence[bool] | None = None  # `whichtoinvert` of ants.apply_transforms
 
 
 def scheme_names(scheme: str, parcellated: bool = True) -> dict[int, str]:
@@ -213,12 +216,13 @@ def lateralize(atlas: Volume, names: Mapping[int, str]) -> tuple[Volume, dict[in
     return atlas.with_data(out), new_names
 
 
-def warp_atlas(atlas: Volume | Path, reference: Volume,
-               transforms: Sequence[str] = ()) -> Volume:
+def warp_atlas(atlas: Volume | Path, reference: Volume, transforms: Sequence[str] = (),
+               invert: Sequence[bool] | None = None) -> Volume:
     """Labels of `atlas` on the grid of `reference` (nearest neighbour / ANTs genericLabel).
 
     With no transforms the atlas is resampled through world coordinates; otherwise
-    `ants.apply_transforms(fixed=reference, moving=atlas, transformlist=transforms)`.
+    `ants.apply_transforms(fixed=reference, moving=atlas, transformlist=transforms,
+    whichtoinvert=invert)`.
     """
     atlas = _load(atlas)
     if not transforms:
@@ -234,7 +238,8 @@ def warp_atlas(atlas: Volume | Path, reference: Volume,
         warped = ants.apply_transforms(fixed=ants.image_read(fixed_path),
                                        moving=ants.image_read(moving_path),
                                        transformlist=list(transforms),
-                                       interpolator="genericLabel")
+                                       interpolator="genericLabel",
+                                       whichtoinvert=None if invert is None else list(invert))
         out_path = os.path.join(tmp, "warped.nii.gz")
         ants.image_write(warped, out_path)
         data = np.rint(np.asarray(nib.load(out_path).dataobj)).astype(atlas.data.dtype)
@@ -246,7 +251,7 @@ def _regions_from_atlas(scheme: str, reference: Volume, atlas: Atlas,
     image, names = _load(atlas.image), dict(atlas.names)
     if atlas.lateralize:
         image, names = lateralize(image, names)
-    native = warp_atlas(image, reference, atlas.transforms)
+    native = warp_atlas(image, reference, atlas.transforms, atlas.invert)
     data = native.data
     if brain is not None:
         data = np.where(brain.data > 0, data, 0)
