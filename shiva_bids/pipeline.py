@@ -193,7 +193,7 @@ def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
                   ) -> MarkerSummary:
     """Native-space maps, clusters, statistics and derivative files of one marker."""
     from shiva_bids.postprocessing import build_regions, postprocess_marker, \
-        write_marker_outputs
+        stats_by_region, write_marker_outputs
     inputs, spec = plan.inputs, MARKERS[marker]
     space = spec.space
     prob = unit.to_native(space, output.mean, "linear")
@@ -215,8 +215,7 @@ def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
         min_cluster_size_mm3=float(config.min_cluster_size(marker)),
         n_clusters=result.clusters.count,
         total_volume_mm3=float(sum(result.census.column("volume_mm3"))),
-        regions={row["region"]: {k: v for k, v in row.items() if k not in ("marker", "region")}
-                 for row in result.stats},
+        regions=stats_by_region(result.stats),
         region_source=result.stats.metadata.get("RegionSource", "none"),
         model=provenance,
         files={"probseg": rel["probseg"], "dseg": rel["dseg"], "census": rel["dseg_tsv"],
