@@ -15,7 +15,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from shiva_bids.markers import MARKER_NAMES
-from shiva_bids.synthetic import generate_dataset, model_space_sample
+from shiva_bids.synthetic import generate_dataset, model_space_sample, read_lesion_table
 from shiva_bids.synthetic.cli import main as synth_main
 from shiva_bids.synthetic.grids import NativeGrid, Pose, SubjectShape, make_grid, sample
 from shiva_bids.synthetic.phantom import make_warp
@@ -267,3 +267,23 @@ def test_cli_usage_errors(tmp_path):
     (tmp_path / "full" / "file").write_text("x")
     assert synth_main([str(tmp_path / "full")]) == 73
     assert synth_main([str(tmp_path / "y"), "--loads", "heavy"]) == 64
+
+
+def test_sessions_share_lesions_not_pose(tmp_path):
+    """Two sessions: `ses-` level, same lesions (count, size), different head position; the
+    command line writes the same thing as the function."""
+    out = tmp_path / "cli"
+    assert synth_main([str(out), "--participants", "1", "--sessions", "2", "--seed", "7",
+                       "--loads", "severe", "--modalities", "T2starw"]) == 0
+    ds = generate_dataset(tmp_path / "api", n_participants=1, n_sessions=2, seed=7,
+                          loads=["severe"], modalities=("T2starw",))
+    first, second = ds.unit("01", "01"), ds.unit("01", "02")
+    assert first.images["T2starw"].name == "sub-01_ses-01_T2starw.nii.gz"
+    assert first.truth["CMB"].name == "sub-01_ses-01_space-SWI_label-CMB_mask.nii.gz"
+    assert "PVS" not in first.truth  # T1w space was not written
+    assert [les.voxels for les in first.lesions] == [les.voxels for les in second.lesions]
+    shift = np.array(first.lesions[0].centroid_mm) - np.array(second.lesions[0].centroid_mm)
+    assert np.linalg.norm(shift) > 0.5
+    assert read_lesion_table(second.lesion_table) == second.lesions
+    cli_image = out / "sub-01" / "ses-02" / "anat" / "sub-01_ses-02_T2starw.nii.gz"
+    assert cli_image.read_bytes() == second.images["T2starw"].read_bytes()
