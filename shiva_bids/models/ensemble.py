@@ -185,6 +185,12 @@ class EnsemblePredictor:
             "fold_zero_below": FOLD_ZERO_BELOW, "aggregation": "mean",
         }
 
+    def close(self) -> None:
+        """Drop the fold kept in memory by `input_shape`/`channels` (predict() also does)."""
+        if self._first is not None:
+            fmt, self._first = self._first.format, None
+            release_memory(fmt)
+
     # --- prediction ----------------------------------------------------------------------
     def _check_inputs(self, images: Sequence[np.ndarray],
                       masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
