@@ -18,6 +18,7 @@ result differs slightly from SHiVAi's; off by default).
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
 import logging
@@ -83,6 +84,10 @@ def release_memory(fmt: str) -> None:
     if module is not None:
         importlib.import_module(module).backend.clear_session()
     gc.collect()
+    try:  # hand freed heap pages back to the OS so RSS does not ratchet up fold after fold
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class _RunningStats:
