@@ -393,3 +393,13 @@ def test_model_override(published_dir, monkeypatch):
     with pytest.raises(UsageError, match="is for WMH, not PVS"):
         select_descriptors(descriptors, ["PVS"], {"t1"},
                            {"PVS": published_dir / "model_info_flair-wmh"})
+
+
+def test_tiny_factory_odd_grid_and_demo_flag(tmp_path):
+    descriptor = tiny.write_tiny_model_folder(tmp_path, "CMB", ["swi"], n_folds=1,
+                                              shape=(9, 10, 8), fmt="h5", demo=True,
+                                              description="tiny demo")
+    predictor = EnsemblePredictor(load_descriptor(descriptor), device="cpu")
+    assert (predictor.input_shape, predictor.channels) == ((9, 10, 8), 1)
+    out = predictor.predict([np.ones((9, 10, 8), np.float32)], [None])[0]
+    assert out.mean.shape == (9, 10, 8) and predictor.provenance["demo"] is True
