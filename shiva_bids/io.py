@@ -17,6 +17,16 @@ from typing import Any, Iterator
 import nibabel as nib
 
 
+def _file_mode() -> int:
+    """0o666 minus the process umask: the mode a plain `open(..., "w")` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary path next to `final`; rename it to `final` if the block succeeds."""
@@ -29,6 +39,7 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes owner-only files; outputs are shared
         os.replace(tmp, final)
     finally:
         if tmp.exists():

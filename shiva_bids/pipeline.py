@@ -120,7 +120,8 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
     options = PreprocOptions(model_shape=shape, brain_mask_method=config.brain_mask,
                              premasked=config.premasked, replace_t1=config.replace_t1,
                              inverse_t2=config.inverse_t2, threads=config.omp_nthreads,
-                             seed=config.random_seed, keep_model_space=config.keep_model_space)
+                             seed=config.random_seed, keep_model_space=config.keep_model_space,
+                             models_dir=config.models_dir)
     needs = set(plan.needs)
     if "CMB" in plan.descriptors:
         needs.add("swi")

@@ -29,7 +29,7 @@ from shiva_bids.synthetic import generate_dataset
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {"PVS": ("t1",), "WMH": ("t1", "flair"), "CMB": ("swi",), "LAC": ("t1", "flair")}
-UNITS = ("sub-01_ses-1", "sub-01_ses-2", "sub-02_ses-1")
+UNITS = ("sub-01_ses-01", "sub-01_ses-02", "sub-02_ses-01")
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -41,13 +41,14 @@ def tree_digest(root: Path) -> dict[str, str]:
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = generate_dataset(root / "bids", n_participants=3, n_sessions=2, seed=11,
-                            loads=["mild", "severe", "mild"])
+                            loads=["mild", "severe", "mild"],
+                            modalities=("T1w", "FLAIR", "T2starw"))
     bids = data.root
     for sub in ("02", "03"):  # only sub-01 keeps two sessions
-        shutil.rmtree(bids / f"sub-{sub}" / "ses-2")
-    for path in (bids / "sub-02" / "ses-1" / "anat").glob("*_FLAIR.*"):
+        shutil.rmtree(bids / f"sub-{sub}" / "ses-02")
+    for path in (bids / "sub-02" / "ses-01" / "anat").glob("*_FLAIR.*"):
         path.unlink()
-    swi = next((bids / "sub-03" / "ses-1" / "anat").glob("*_T2starw.nii.gz"))
+    swi = next((bids / "sub-03" / "ses-01" / "anat").glob("*_T2starw.nii.gz"))
     swi.write_bytes(swi.read_bytes()[:4000])  # truncated gzip
     models = root / "models"
     for marker, modalities in MODELS.items():
@@ -98,13 +99,13 @@ def test_participant_level_outputs_and_exit_code(first_run):
         assert prob.shape == native.shape and np.allclose(prob.affine, native.affine)
         assert (out / f"{unit}.html").is_file()
         assert (out / "logs" / f"{unit}.log").is_file()
-    skipped = summary(out, "sub-02_ses-1")["markers"]
+    skipped = summary(out, "sub-02_ses-01")["markers"]
     assert skipped["WMH"]["status"] == "skipped" and "flair" in skipped["WMH"]["reason"]
     assert skipped["LAC"]["status"] == "skipped"
-    assert set(summary(out, "sub-01_ses-1")["markers"]) == set(MODELS)
-    crash = (out / "logs" / "crash-sub-03_ses-1.txt").read_text()
+    assert set(summary(out, "sub-01_ses-01")["markers"]) == set(MODELS)
+    crash = (out / "logs" / "crash-sub-03_ses-01.txt").read_text()
     assert "T2starw" in crash and "Traceback" in crash
-    assert not (out / "sub-03" / "ses-1" / "sub-03_ses-1_summary.json").exists()
+    assert not (out / "sub-03" / "ses-01" / "sub-03_ses-01_summary.json").exists()
     assert "Front Neuroinform" in (out / "logs" / "CITATION.md").read_text()
     from shiva_bids.bids.validation import validate_dataset
     report = validate_dataset(out)
@@ -118,30 +119,30 @@ def test_group_level_gathers_every_unit(first_run):
     with open(out / "group" / "shiva_group.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert [(r["participant_id"], r["session_id"]) for r in rows] == [
-        ("sub-01", "ses-1"), ("sub-01", "ses-2"), ("sub-02", "ses-1")]
+        ("sub-01", "ses-01"), ("sub-01", "ses-02"), ("sub-02", "ses-01")]
     assert rows[2]["WMH_status"] == "skipped"
     page = (out / "group_report.html").read_text()
-    assert "sub-03_ses-1" in page and "DEMO MODELS" in page
+    assert "sub-03_ses-01" in page and "DEMO MODELS" in page
 
 
 def test_rerun_skips_complete_units(first_run):
     root, bids, models, _, _ = first_run
     out = root / "out"
-    stamp = (out / "sub-01" / "ses-1" / "sub-01_ses-1_summary.json").stat().st_mtime_ns
+    stamp = (out / "sub-01" / "ses-01" / "sub-01_ses-01_summary.json").stat().st_mtime_ns
     assert main(participant_args(root, bids, models, "--participant-label", "01")) == 0
-    assert (out / "sub-01" / "ses-1" / "sub-01_ses-1_summary.json").stat().st_mtime_ns == stamp
-    assert "already complete" in (out / "logs" / "sub-01_ses-1.log").read_text()
+    assert (out / "sub-01" / "ses-01" / "sub-01_ses-01_summary.json").stat().st_mtime_ns == stamp
+    assert "already complete" in (out / "logs" / "sub-01_ses-01.log").read_text()
 
 
 def test_kill_then_rerun_finishes_the_job(first_run):
     root, bids, models, _, _ = first_run
     out = root / "out"
-    record = out / "sub-02" / "ses-1" / "sub-02_ses-1_summary.json"
+    record = out / "sub-02" / "ses-01" / "sub-02_ses-01_summary.json"
     args = participant_args(root, bids, models, "--participant-label", "02", "--force")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "shiva_bids", *args], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log_file = out / "logs" / "sub-02_ses-1.log"
+    log_file = out / "logs" / "sub-02_ses-01.log"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if record.exists() is False and "preprocessing for" in log_file.read_text():
@@ -151,7 +152,7 @@ def test_kill_then_rerun_finishes_the_job(first_run):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not record.exists()  # nothing looks complete after the kill
-    assert not (out / "sub-02_ses-1.html").exists()
+    assert not (out / "sub-02_ses-01.html").exists()
     assert main(participant_args(root, bids, models, "--participant-label", "02")) == 0
     assert json.loads(record.read_text())["status"] == "complete"
 
@@ -159,7 +160,7 @@ def test_kill_then_rerun_finishes_the_job(first_run):
 def test_reports_only_rebuilds_the_page(first_run):
     root, bids, models, _, _ = first_run
     out = root / "out"
-    page = out / "sub-01_ses-2.html"
+    page = out / "sub-01_ses-02.html"
     page.unlink()
     assert main(participant_args(root, bids, models, "--participant-label", "01",
                                  "--reports-only")) == 0
