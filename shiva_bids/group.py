@@ -6,4 +6,7 @@ from shiva_bids.errors import ExitCode
 
 
 def run_group_level(config: RunConfig) -> ExitCode:
+    if config.pipeline == "fetal-cgm":
+        from shiva_bids.fetal.pipeline import run_fetal_group
+        return run_fetal_group(config)
     raise NotImplementedError

@@ -6,4 +6,7 @@ from shiva_bids.errors import ExitCode
 
 
 def run_participant_level(config: RunConfig) -> ExitCode:
+    if config.pipeline == "fetal-cgm":
+        from shiva_bids.fetal.pipeline import run_fetal_participant
+        return run_fetal_participant(config)
     raise NotImplementedError
