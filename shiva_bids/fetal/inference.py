@@ -29,11 +29,13 @@ log = logging.getLogger(__name__)
 
 HALF_RF = (RECEPTIVE_FIELD - 1) // 2  # 8: padding per side and output offset in a segment
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-# Peak memory per segment in a batch (activations of the 45^3 forward pass, measured with
-# benchmarks/bench_fetal.py, rounded up).
-SEGMENT_MEMORY_GB = 0.35
+# Extra peak memory per segment in a batch (activations of the 45^3 forward pass): peak RSS
+# 1.42 GiB at 5 and 2.40 GiB at 16 segments per batch (benchmarks/bench_fetal.py), rounded up.
+SEGMENT_MEMORY_GB = 0.1
 DEFAULT_BATCH = 5  # batchSizeInfer of the dHCP test configs
-MAX_BATCH = 16
+# Larger batches did not run faster on the CPU (9.8 vs 8.5 s per segment at 16 vs 5), so 5 is
+# also the most; a smaller memory budget gives smaller batches.
+MAX_BATCH = DEFAULT_BATCH
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,8 @@ def corner_mean(padded: np.ndarray) -> float:
 
 
 def batch_size_for_memory(mem_gb: float | None) -> int:
-    """Segments per batch: DeepMedic's 5 unless a memory budget (or the free memory) allows
-    more; half the budget goes to activations. Results do not depend on the batch size."""
+    """Segments per batch: DeepMedic's 5 unless a memory budget (or the free memory) is too
+    small; half the budget goes to activations. Results do not depend on the batch size."""
     budget = mem_gb if mem_gb is not None else _available_gb()
     if budget is None:
         return DEFAULT_BATCH

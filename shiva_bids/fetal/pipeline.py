@@ -29,9 +29,11 @@ import numpy as np
 from scipy import ndimage
 
 from shiva_bids.bids import derivatives as bd
+from shiva_bids.bids.discovery import discover_inputs
+from shiva_bids.bids.validation import validate_input
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import (BadInputError, ExitCode, MissingInputError,
-                               NothingSelectedError, OutputError, ShivaError, UsageError)
+                               NothingSelectedError, ShivaError, UsageError)
 from shiva_bids.fetal import checkpoint as ckpt
 from shiva_bids.fetal.inference import (Segmentation, batch_size_for_memory, segment_volume,
                                         set_threads, zscore)
@@ -39,6 +41,7 @@ from shiva_bids.fetal.network import SEGMENT
 from shiva_bids.fetal.report import FetalReport, write_report
 from shiva_bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
 from shiva_bids.log import add_file_log, remove_file_log
+from shiva_bids.participant import check_bids_dir, ensure_writable_dir
 from shiva_bids.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -119,28 +122,23 @@ def load_networks(models_dir: Path | None, verify: bool = True):
     return nets, models
 
 
-def find_t2w(config: RunConfig) -> list[FetalUnit]:
-    """Fetal T2w images (`suffix=T2w`, anat) selected by labels and the `t2w` filter."""
-    from bids import BIDSLayout
-
-    try:
-        layout = BIDSLayout(config.bids_dir, validate=False,
-                            database_path=config.bids_database_dir)
-    except Exception as exc:  # pybids raises many types for unreadable datasets
-        raise MissingInputError(f"{config.bids_dir}: cannot index the BIDS dataset ({exc})") \
-            from exc
-    query: dict[str, Any] = {"suffix": "T2w", "datatype": "anat",
-                             "extension": [".nii", ".nii.gz"]}
-    if config.participant_labels:
-        query["subject"] = list(config.participant_labels)
-    if config.session_labels:
-        query["session"] = list(config.session_labels)
-    query.update(config.bids_filters.get("t2w", {}))
-    files = sorted(layout.get(return_type="filename", **query))
-    if not files:
-        raise NothingSelectedError(f"{config.bids_dir}: no T2w image matches "
-                                   f"{json.dumps(query, sort_keys=True)}")
-    return [FetalUnit(Path(f), bd.source_entities(Path(f).name)) for f in files]
+def find_t2w(config: RunConfig) -> tuple[list[FetalUnit], list[str]]:
+    """One T2w per selected participant/session (shiva_bids.bids.discovery: labels, the `t2w`
+    entry of the filter file, the documented choice among several matches); returns the units
+    and the ids of those without any T2w."""
+    units, missing = [], []
+    for inputs in discover_inputs(config):
+        if inputs.t2w is None:
+            log.warning("%s: skipped, no T2w image found", inputs.unit_id)
+            missing.append(inputs.unit_id)
+            continue
+        if "t2w" in inputs.choices:
+            log.info("%s: %s", inputs.unit_id, inputs.choices["t2w"])
+        units.append(FetalUnit(inputs.t2w, bd.source_entities(inputs.t2w.name)))
+    if not units:
+        raise NothingSelectedError(f"{config.bids_dir}: no T2w image in the selected "
+                                   "participants/sessions")
+    return units, missing
 
 
 def load_t2w(path: Path) -> Volume:
@@ -268,31 +266,33 @@ def stats_path(output_dir: Path, unit: FetalUnit) -> Path:
 
 
 def _prepare_output(config: RunConfig) -> None:
-    try:
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-        bd.write_dataset_description(bd.DatasetInfo(
-            config.bids_dir, config.output_dir,
-            description="dHCP fetal cortical grey matter (DeepMedic v0.7.0 checkpoints)"))
-        bd.ensure_bidsignore(config.output_dir, bd.NON_BIDS_PATTERNS)
-    except OSError as exc:
-        raise OutputError(f"{config.output_dir}: cannot write the output folder ({exc})") \
-            from exc
+    """Checks of the folders, then the derivative dataset's own files."""
+    check_bids_dir(config.bids_dir)
+    ensure_writable_dir(config.output_dir, "output_dir")
+    ensure_writable_dir(config.work_dir, "--work-dir")
+    bd.write_dataset_description(bd.DatasetInfo(
+        config.bids_dir, config.output_dir,
+        description="dHCP fetal cortical grey matter (DeepMedic v0.7.0 checkpoints)"))
+    bd.ensure_bidsignore(config.output_dir, bd.NON_BIDS_PATTERNS)
 
 
 def run_fetal_participant(config: RunConfig) -> ExitCode:
     """`participant` level with `--pipeline fetal-cgm`: every selected T2w, both stages.
 
     A failing T2w is logged with one line and a crash file; the others go on (unless
-    --stop-on-first-crash). Returns OK, the failures' common exit code, or FAILURE.
+    --stop-on-first-crash). Returns OK, the failures' common exit code, FAILURE when they
+    differ, or NO_INPUT (66) when some selected participant/session has no T2w.
     """
-    units = find_t2w(config)
+    _prepare_output(config)
+    validate_input(config.bids_dir, skip=config.skip_bids_validation,
+                   cache_dir=config.work_dir / "deno-cache")
+    units, missing = find_t2w(config)
     todo = [u for u in units if config.force or not stats_path(config.output_dir, u).is_file()]
     log.info("fetal-cgm: %d T2w selected, %d to do", len(units), len(todo))
     if not todo:
-        return ExitCode.OK
+        return ExitCode.NO_INPUT if missing else ExitCode.OK
     set_threads(config.omp_nthreads)
     nets, models = load_networks(config.models_dir, verify=not config.skip_model_checksum)
-    _prepare_output(config)
     batch = batch_size_for_memory(config.mem_gb)
     failures: list[ExitCode] = []
     for unit in todo:
@@ -314,7 +314,7 @@ def run_fetal_participant(config: RunConfig) -> ExitCode:
         finally:
             remove_file_log(handler)
     if not failures:
-        return ExitCode.OK
+        return ExitCode.NO_INPUT if missing else ExitCode.OK
     return failures[0] if len(set(failures)) == 1 else ExitCode.FAILURE
 
 
