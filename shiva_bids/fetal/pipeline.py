@@ -22,7 +22,7 @@ import logging
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -35,8 +35,8 @@ from shiva_bids.config import RunConfig
 from shiva_bids.errors import (BadInputError, ExitCode, MissingInputError,
                                NothingSelectedError, ShivaError, UsageError)
 from shiva_bids.fetal import checkpoint as ckpt
-from shiva_bids.fetal.inference import (Segmentation, batch_size_for_memory, segment_volume,
-                                        set_threads, zscore)
+from shiva_bids.fetal.inference import (Predictor, Segmentation, batch_size_for_memory,
+                                        segment_volume, set_threads, zscore)
 from shiva_bids.fetal.network import SEGMENT
 from shiva_bids.fetal.report import FetalReport, write_report
 from shiva_bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
@@ -170,10 +170,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
 
 
-Predict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def segment_fetal(t2w: np.ndarray, bdn: Predict, cgm: Predict, batch_size: int) -> FetalResult:
+def segment_fetal(t2w: np.ndarray, bdn: Predictor, cgm: Predictor,
+                  batch_size: int) -> FetalResult:
     """Both stages on one T2w array: z-score, BDN (no ROI), largest component, CGM in it."""
     normalised = zscore(t2w)
     brain_run: Segmentation = segment_volume(normalised, bdn, None, batch_size, "BDN")
