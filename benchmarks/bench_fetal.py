@@ -1,15 +1,16 @@
 """Speed and memory of the fetal DeepMedic inference on the CPU.
 
 Times one model over a slab of a 200^3 volume (every tile of the slab, DeepMedic's tiling) with
-one segment per batch (baseline, measured in this run) and with the batch the app picks from the
-free memory (DeepMedic's 5 unless memory is short), then extrapolates to the 343 tiles of the whole 200^3 volume and to
-the two-stage run of a typical fetal volume (BDN on every tile, CGM on the tiles its ROI
-touches; tile counts are exact, times are per-segment times from this run). The reference
-estimate (reference/FETAL_DEEPMEDIC.md §5.7) is 2.7 s per batch of 5 on 2 cores: ~3 min for
-200^3. Wall and CPU seconds are both printed: on a shared machine the CPU time divided by the
-thread count estimates the wall time on idle cores. `--full` runs the whole 200^3 volume.
+one segment per batch (baseline, measured in this run) and with the batch the app picks from
+the free memory (DeepMedic's 5 unless memory is short), then extrapolates to the 343 tiles of
+the whole 200^3 volume and to the two-stage run of a typical fetal volume (BDN on every tile,
+CGM on the tiles its ROI touches; tile counts are exact, times are per-segment times from this
+run). The reference estimate (reference/FETAL_DEEPMEDIC.md §5.7) is 2.7 s per batch of 5 on
+2 cores: ~3 min for 200^3. Wall and CPU seconds are both printed: on a shared machine the CPU
+time divided by the thread count estimates the wall time on idle cores. `--full` runs the whole
+200^3 volume.
 
-    python benchmarks/bench_fetal.py [--threads 2] [--full] [--slab 60]
+    python benchmarks/bench_fetal.py [--threads 2] [--full] [--slab 30]
 """
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ def test_end_to_end_cli(dataset, models, tmp_path):
     np.testing.assert_array_equal(cgm[brain == 1], prob[brain == 1] > 0.5)
     assert not list(anat.glob("*rec-stack*"))  # the filter file excluded the stack
     sidecar = json.loads((anat / f"{stem}_label-CGM_probseg.json").read_text())
-    assert sidecar["SpatialReference"] == "bids:raw:sub-01/ses-1/anat/sub-01_ses-1_rec-SVR_T2w.nii.gz"
+    assert sidecar["SpatialReference"] == \
+        "bids:raw:sub-01/ses-1/anat/sub-01_ses-1_rec-SVR_T2w.nii.gz"
     assert sidecar["Model"]["Checkpoint"] == "cgm.model.ckpt"
     assert len(sidecar["Model"]["DataFileSHA256"]) == 64
     report = (out / "sub-01_ses-1_rec-SVR_desc-fetal_report.html").read_text()
@@ -99,7 +100,8 @@ def test_end_to_end_cli(dataset, models, tmp_path):
 def test_bad_t2w_inputs(tmp_path):
     four_d = tmp_path / "sub-01_T2w.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((50, 50, 50, 3), np.float32), AFFINE), four_d)
-    with pytest.raises(BadInputError, match=r"a 3-D T2w is needed, the image has shape \(50, 50, 50, 3\)"):
+    with pytest.raises(BadInputError,
+                       match=r"a 3-D T2w is needed, the image has shape \(50, 50, 50, 3\)"):
         load_t2w(four_d)
     small = tmp_path / "sub-02_T2w.nii.gz"
     nib.save(nib.Nifti1Image(_fetal_t2w((60, 60, 30)), AFFINE), small)

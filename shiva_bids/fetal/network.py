@@ -148,7 +148,7 @@ def _add_residual(output: tf.Tensor, source: tf.Tensor) -> tf.Tensor:
 
 
 def _upsample(features: tf.Tensor, factor: int, size: int) -> tf.Tensor:
-    """Repeat every voxel `factor` times per axis, keep the first `size` (cropped from the start)."""
+    """Repeat every voxel `factor` times per axis; keep the first `size` (crop from the start)."""
     for axis in (1, 2, 3):
         features = tf.repeat(features, factor, axis=axis)
     return features[:, :size, :size, :size, :]
