@@ -96,3 +96,14 @@ def test_real_index_with_wrong_data(shared_dir, tmp_path):
     _data(prefix).write_bytes(b"\0" * 24_781_076)  # right size, wrong content
     with pytest.raises(BadInputError, match="fails its CRC32C check"):
         DeepMedicNet().load(prefix)
+
+
+def test_skip_checksum_still_checks_size(checkpoint):
+    data = _data(checkpoint)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    DeepMedicNet().load(checkpoint, verify=False)  # --skip-model-checksum
+    data.write_bytes(bytes(raw[:-4]))
+    with pytest.raises(BadInputError, match="truncated or wrong download"):
+        DeepMedicNet().load(checkpoint, verify=False)

@@ -170,11 +170,11 @@ class DeepMedicNet(tf.Module):
         self._forward = tf.function(self._call, reduce_retracing=True)
 
     def load(self, prefix: Path | str, verify: bool = True) -> "DeepMedicNet":
-        """Load every `net/` tensor by name from a TF1 checkpoint (after checking it)."""
+        """Load every `net/` tensor by name from a TF1 checkpoint, after checking its layout,
+        its data file's size and (with `verify`) every tensor's CRC32C."""
         index = ckpt.read_index(prefix)
         check_layout(index)
-        if verify:
-            ckpt.verify_data(index)
+        ckpt.verify_data(index, checksums=verify)
         reader = tf.train.load_checkpoint(str(prefix))
         for name, var in self.vars.items():
             var.assign(reader.get_tensor(name))
