@@ -177,7 +177,11 @@ class DeepMedicNet(tf.Module):
         ckpt.verify_data(index, checksums=verify)
         reader = tf.train.load_checkpoint(str(prefix))
         for name, var in self.vars.items():
-            var.assign(reader.get_tensor(name))
+            try:
+                var.assign(reader.get_tensor(name))
+            except (tf.errors.OpError, RuntimeError) as exc:  # TF checks each tensor's CRC too
+                reason = str(exc).splitlines()[0].split("): ", 1)[-1]
+                raise BadInputError(f"{index.data_path}: cannot read {name} ({reason})") from exc
         return self
 
     def __call__(self, normal, sub3, sub5) -> tf.Tensor:
