@@ -78,7 +78,7 @@ def test_end_to_end_cli(dataset, models, tmp_path):
     assert sidecar["SpatialReference"] == \
         "bids:raw:sub-01/ses-1/anat/sub-01_ses-1_rec-SVR_T2w.nii.gz"
     assert sidecar["Model"]["Checkpoint"] == "cgm.model.ckpt"
-    assert len(sidecar["Model"]["DataFileSHA256"]) == 64
+    assert len(sidecar["Model"]["DataFileMD5"]) == 32
     report = (out / "sub-01_ses-1_rec-SVR_desc-fetal_report.html").read_text()
     assert "data:image/png;base64," in report and "CGM volume" in report
 

@@ -14,7 +14,6 @@ entries' offsets nor their checksums.
 """
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,12 +164,3 @@ def verify_data(index: CheckpointIndex, checksums: bool = True) -> None:
             if crc != entry.masked_crc32c:
                 raise BadInputError(f"{data}: tensor {name} fails its CRC32C check (corrupt "
                                     "file, or a data file from another checkpoint)")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file (model provenance in sidecars)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

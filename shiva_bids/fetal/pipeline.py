@@ -7,7 +7,7 @@ mask as DeepMedic's ROI. Outputs, in the T2w's own grid (no reorientation, §5.1
 * `<source>_space-T2w_desc-brain_mask.nii.gz` (BDN, largest component);
 * `<source>_space-T2w_label-CGM_probseg.nii.gz` (CGM class-1 probability, 0 outside the mask);
 * `<source>_space-T2w_label-CGM_mask.nii.gz` (CGM argmax);
-* their JSON sidecars (sources, spatial reference, checkpoint names and SHA-256 of the data
+* their JSON sidecars (sources, spatial reference, checkpoint names and md5 of the data
   files), a participant HTML report, and `<source>_desc-fetal_stats.json` (volumes and
   gestational age), written last: its presence marks the unit done.
 
@@ -26,7 +26,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from shiva_bids.bids import derivatives as bd
 from shiva_bids.bids.discovery import discover_inputs
@@ -41,7 +40,9 @@ from shiva_bids.fetal.network import SEGMENT
 from shiva_bids.fetal.report import FetalReport, write_report
 from shiva_bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
 from shiva_bids.log import add_file_log, remove_file_log
+from shiva_bids.models.checksums import md5_of_path
 from shiva_bids.participant import check_bids_dir, ensure_writable_dir
+from shiva_bids.preprocessing.brainmask import largest_component
 from shiva_bids.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,13 @@ class FetalModel:
 
     name: str  # "bdn" or "cgm"
     prefix: Path
-    data_sha256: str
+    data_md5: str
 
     @property
     def provenance(self) -> dict[str, str]:
         return {"Network": f"dHCP fetal {self.name.upper()} (DeepMedic v0.7.0 layout)",
                 "Checkpoint": self.prefix.name, "DataFile": self.prefix.name + ckpt.DATA_SUFFIX,
-                "DataFileSHA256": self.data_sha256}
+                "DataFileMD5": self.data_md5}
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def load_networks(models_dir: Path | None, verify: bool = True):
     for name, prefix in find_models(models_dir).items():
         nets[name] = DeepMedicNet().load(prefix, verify=verify)
         models[name] = FetalModel(name, prefix,
-                                  ckpt.file_sha256(Path(str(prefix) + ckpt.DATA_SUFFIX)))
+                                  md5_of_path(Path(str(prefix) + ckpt.DATA_SUFFIX)))
     return nets, models
 
 
@@ -161,21 +162,12 @@ def load_t2w(path: Path) -> Volume:
     return Volume(data, np.asarray(img.affine, dtype=float))
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a binary mask (uint8)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return np.zeros(mask.shape, np.uint8)
-    sizes = np.bincount(labels.ravel())[1:]
-    return (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
-
-
 def segment_fetal(t2w: np.ndarray, bdn: Predictor, cgm: Predictor,
                   batch_size: int) -> FetalResult:
     """Both stages on one T2w array: z-score, BDN (no ROI), largest component, CGM in it."""
     normalised = zscore(t2w)
     brain_run: Segmentation = segment_volume(normalised, bdn, None, batch_size, "BDN")
-    brain = largest_component(brain_run.labels == 1)
+    brain = largest_component(brain_run.labels == 1).astype(np.uint8)
     cgm_run = segment_volume(normalised, cgm, brain, batch_size, "CGM")
     return FetalResult(brain, cgm_run.probabilities[..., 1].astype(np.float32),
                        (cgm_run.labels == 1).astype(np.uint8),
@@ -251,7 +243,7 @@ def write_outputs(config: RunConfig, unit: FetalUnit, t2w: Volume, result: Fetal
              "brain volume (mL)": f"{stats['brain_volume_mm3'] / 1000:.2f}",
              "CGM volume (mL)": f"{stats['cgm_volume_mm3'] / 1000:.2f}",
              "segments run (BDN, CGM)": f"{result.bdn_tiles}, {result.cgm_tiles}",
-             **{f"{n.upper()} data SHA-256": m.data_sha256 for n, m in models.items()}}
+             **{f"{n.upper()} data md5": m.data_md5 for n, m in models.items()}}
     write_report(out / f"{unit.unit_id}_desc-fetal_report.html",
                  FetalReport(f"{unit.unit_id}: fetal cortical grey matter", t2w.data,
                              result.brain, result.cgm, facts))
