@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Real build-and-run test of the shiva-bids image (not part of pytest / CI; run it by hand, as root).
+#
+#   sudo tests/container/build_and_run.sh            # CPU image, phantom data, demo models
+#
+# What it does (reference/BIDS_APPS.md §1.1 CI pattern, §6.1 facts for this machine kind):
+#   1. installs docker.io/containerd/runc/debootstrap with apt-get when they are missing;
+#   2. starts a private dockerd (own socket, data-root, exec-root; overlay2; no iptables, no bridge)
+#      when no daemon answers, and stops it at the end;
+#   3. makes a Debian bookworm base with debootstrap + `docker import` when BASE_IMAGE is local/...
+#      or cannot be pulled (Docker Hub is unreachable here);
+#   4. builds the image with `--network host` (pip needs PyPI); WHEELHOUSE=1 pre-builds the wheels on
+#      the host into .whl/ and the build installs from there with --no-index;
+#   5. runs the image read-only (`--read-only --tmpfs /tmp`) as a non-root uid with the input mounted
+#      read-only: --version, --help, a phantom dataset (`synth`), participant, group; checks that the
+#      outputs exist and belong to that uid; prints build time, image size and run times.
+#
+# Environment knobs (defaults in brackets):
+#   IMAGE [local/shiva-bids:test]  BASE_IMAGE [local/debian:bookworm]
+#   TF_PACKAGE [tensorflow==2.21.*]: the CPU-only wheel set; the published GPU image uses
+#              "tensorflow[and-cuda]==2.21.*" (adds ~3-4 GB of CUDA/cuDNN wheels)
+#   PREFETCH_TEMPLATES [0]: 1 needs TemplateFlow's S3 during the build (unreachable here)
+#   WHEELHOUSE [0]  STATE [/var/tmp/shiva-bids-docker]  RUN_UID [4242]  RUN_GID [4242]
+#   KEEP [0]: 1 keeps the daemon, its data-root and the test data for inspection
+#   PARTICIPANT_ARGS: extra arguments for the participant level (e.g. --models-dir /models)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+IMAGE=${IMAGE:-local/shiva-bids:test}
+BASE_IMAGE=${BASE_IMAGE:-local/debian:bookworm}
+TF_PACKAGE=${TF_PACKAGE:-tensorflow==2.21.*}
+PREFETCH_TEMPLATES=${PREFETCH_TEMPLATES:-0}
+WHEELHOUSE=${WHEELHOUSE:-0}
+STATE=${STATE:-/var/tmp/shiva-bids-docker}
+RUN_UID=${RUN_UID:-4242}
+RUN_GID=${RUN_GID:-4242}
+KEEP=${KEEP:-0}
+PARTICIPANT_ARGS=${PARTICIPANT_ARGS:-}
+DATA="$STATE/data"
+STARTED_DAEMON=""
+declare -a SUMMARY=()
+
+say() { printf '[build_and_run %(%H:%M:%S)T] %s\n' -1 "$*"; }
+note() { SUMMARY+=("$*"); say "$*"; }
+fail() { note "FAIL: $*"; exit 1; }
+elapsed() { echo $(( $(date +%s) - $1 )); }
+
+summary() {
+    local rc=$?
+    echo "==================== summary ===================="
+    printf '%s\n' "${SUMMARY[@]}"
+    echo "exit status: $rc"
+    if [[ -n "$STARTED_DAEMON" && "$KEEP" != 1 ]]; then
+        docker image rm -f "$IMAGE" >/dev/null 2>&1 || true
+        say "stopping dockerd (pid $STARTED_DAEMON) and removing $STATE"
+        kill -TERM "$STARTED_DAEMON" 2>/dev/null || true
+        for _ in $(seq 60); do kill -0 "$STARTED_DAEMON" 2>/dev/null || break; sleep 1; done
+        umount "$STATE/exec/netns/default" 2>/dev/null || true
+        rm -rf "$STATE"
+    elif [[ "$KEEP" != 1 ]]; then
+        rm -rf "$DATA"
+    fi
+}
+trap summary EXIT
+
+# ---- 1. packages -----------------------------------------------------------------------------
+install_packages() {
+    local missing=()
+    command -v dockerd >/dev/null || missing+=(docker.io containerd runc)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    if ((${#missing[@]})); then
+        say "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# ---- 2. daemon -------------------------------------------------------------------------------
+start_daemon() {
+    if docker info >/dev/null 2>&1; then
+        note "daemon: using the running one (${DOCKER_HOST:-default socket})"
+        return
+    fi
+    export DOCKER_HOST="unix://$STATE/docker.sock"
+    if docker info >/dev/null 2>&1; then  # left running by an earlier KEEP=1 run
+        note "daemon: using the one kept in $STATE"
+        return
+    fi
+    mkdir -p "$STATE"
+    local t0; t0=$(date +%s)
+    dockerd --host "$DOCKER_HOST" --data-root "$STATE/root" --exec-root "$STATE/exec" \
+        --pidfile "$STATE/docker.pid" --storage-driver=overlay2 \
+        --iptables=false --ip6tables=false --bridge=none >"$STATE/dockerd.log" 2>&1 &
+    STARTED_DAEMON=$!
+    for _ in $(seq 60); do
+        docker info >/dev/null 2>&1 && break
+        kill -0 "$STARTED_DAEMON" 2>/dev/null || fail "dockerd exited: $(tail -3 "$STATE/dockerd.log")"
+        sleep 1
+    done
+    docker info >/dev/null 2>&1 || fail "dockerd did not answer within 60 s ($STATE/dockerd.log)"
+    note "daemon: started dockerd pid $STARTED_DAEMON on $DOCKER_HOST in $(elapsed "$t0") s"
+}
+
+# ---- 3. base image ---------------------------------------------------------------------------
+ensure_base() {
+    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        note "base: $BASE_IMAGE already present"; return
+    fi
+    if [[ "$BASE_IMAGE" != local/* ]] && timeout 60 docker pull "$BASE_IMAGE" >/dev/null 2>&1; then
+        note "base: pulled $BASE_IMAGE"; return
+    fi
+    local t0 rootfs="$STATE/rootfs"; t0=$(date +%s)
+    say "base: debootstrap --variant=minbase bookworm (no registry reachable)"
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase bookworm "$rootfs" >"$STATE/debootstrap.log" 2>&1 \
+        || fail "debootstrap failed ($STATE/debootstrap.log)"
+    # The host's apt sources (mirror) are what debootstrap used; keep the image's lists empty.
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
+    tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+    note "base: debootstrap + docker import -> $BASE_IMAGE in $(elapsed "$t0") s"
+}
+
+# ---- 4. build --------------------------------------------------------------------------------
+build_image() {
+    local t0; t0=$(date +%s)
+    local wheel_dir=".whl"
+    if [[ "$WHEELHOUSE" == 1 ]]; then
+        say "wheelhouse: pip wheel on the host into $REPO/$wheel_dir"
+        python3 -m pip wheel --quiet --wheel-dir "$REPO/$wheel_dir" "$TF_PACKAGE" "$REPO" \
+            || fail "pip wheel on the host failed"
+        note "wheelhouse: $(find "$REPO/$wheel_dir" -name '*.whl' | wc -l) wheels in $(elapsed "$t0") s"
+    else
+        wheel_dir=".no-wheelhouse"
+    fi
+    t0=$(date +%s)
+    docker build --network host -t "$IMAGE" \
+        --build-arg BASE_IMAGE="$BASE_IMAGE" \
+        --build-arg TF_PACKAGE="$TF_PACKAGE" \
+        --build-arg PREFETCH_TEMPLATES="$PREFETCH_TEMPLATES" \
+        --build-arg WHEELHOUSE="$wheel_dir" \
+        --build-arg CONTAINER_TAG="$IMAGE" \
+        "$REPO" 2>&1 | tee "$STATE/build.log" | grep -E '^(Step|Successfully|ERROR|error)' || true
+    [[ ${PIPESTATUS[0]} == 0 ]] || fail "docker build failed (see $STATE/build.log)"
+    local size; size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
+    note "build: $IMAGE (TF_PACKAGE=$TF_PACKAGE, PREFETCH_TEMPLATES=$PREFETCH_TEMPLATES) in $(elapsed "$t0") s"
+    note "image size: $((size / 1024 / 1024)) MiB"
+}
+
+# ---- 5. run ----------------------------------------------------------------------------------
+# Read-only root, /tmp a tmpfs, a uid that exists nowhere in the image, no network.
+run_app() {
+    docker run --rm --read-only --tmpfs /tmp:rw,exec,size=4g --network none \
+        -u "$RUN_UID:$RUN_GID" "$@"
+}
+
+timed_run() {  # timed_run LABEL ARGS... : runs the container, records rc and time
+    local label=$1; shift
+    local t0 rc=0; t0=$(date +%s)
+    run_app "$@" >"$STATE/$label.log" 2>&1 || rc=$?
+    note "run $label: exit $rc in $(elapsed "$t0") s"
+    tail -n 5 "$STATE/$label.log" | sed "s/^/    $label| /"
+    return "$rc"
+}
+
+check_outputs() {
+    local out=$DATA/out
+    [[ -f "$out/dataset_description.json" ]] || fail "no $out/dataset_description.json"
+    local n_nii; n_nii=$(find "$out" -name '*.nii.gz' | wc -l)
+    ((n_nii > 0)) || fail "no NIfTI outputs under $out"
+    local foreign; foreign=$(find "$out" ! -uid "$RUN_UID" | head -3)
+    [[ -z "$foreign" ]] || fail "outputs not owned by uid $RUN_UID: $foreign"
+    note "outputs: $n_nii NIfTI files, $(find "$out" -type f | wc -l) files, all owned by uid $RUN_UID"
+}
+
+run_tests() {
+    rm -rf "$DATA"; mkdir -p "$DATA/out" "$DATA/work"
+    chown -R "$RUN_UID:$RUN_GID" "$DATA"
+    run_app "$IMAGE" --version | tee "$STATE/version.txt"
+    grep -qx "shiva-bids $(cat "$REPO/version")" "$STATE/version.txt" \
+        || fail "--version does not print the version file"
+    note "run --version: $(cat "$STATE/version.txt")"
+    run_app "$IMAGE" --help >/dev/null || fail "--help failed"
+    note "run --help: ok"
+    local devices
+    devices=$(run_app --entrypoint python "$IMAGE" -c "import tensorflow as tf; print('TF', \
+tf.__version__, 'GPUs:', len(tf.config.list_physical_devices('GPU')))" 2>/dev/null | tail -1)
+    note "run tensorflow in the image: $devices"
+
+    # A phantom dataset made by the image itself (`shiva-bids synth`, issue 3).
+    if ! timed_run synth -v "$DATA:/data" "$IMAGE" synth /data/bids; then
+        fail "shiva-bids synth is not available in this build: no phantom dataset"
+    fi
+    # Input read-only, outputs and work to their own mounts.
+    local models=()
+    read -r -a models <<<"$PARTICIPANT_ARGS"
+    local rc=0
+    timed_run participant -v "$DATA/bids:/bids:ro" -v "$DATA/out:/out" -v "$DATA/work:/work" \
+        "$IMAGE" /bids /out participant -w /work --skip-bids-validation -v "${models[@]}" || rc=$?
+    ((rc == 0)) || fail "participant level exited $rc (log: $STATE/participant.log)"
+    timed_run group -v "$DATA/bids:/bids:ro" -v "$DATA/out:/out" -v "$DATA/work:/work" \
+        "$IMAGE" /bids /out group -w /work -v || fail "group level failed (log: $STATE/group.log)"
+    check_outputs
+}
+
+main() {  # main [STEP...]: steps among base build run (default: all); the daemon always starts
+    [[ $EUID == 0 ]] || { echo "run as root (starts dockerd, debootstrap)" >&2; exit 77; }
+    local steps=("${@:-base}"); (($#)) || steps=(base build run)
+    install_packages
+    note "disk free before: $(df -h --output=avail "$(dirname "$STATE")" | tail -1 | tr -d ' ')"
+    start_daemon
+    for step in "${steps[@]}"; do
+        case $step in
+            base) ensure_base ;;
+            build) ensure_base; build_image ;;
+            run) run_tests ;;
+            *) fail "unknown step $step (base, build, run)" ;;
+        esac
+    done
+    note "PASS (${steps[*]})"
+}
+
+main "$@"
