@@ -9,7 +9,7 @@
 #      when no daemon answers, and stops it at the end;
 #   3. makes a Debian bookworm base with debootstrap + `docker import` when BASE_IMAGE is local/...
 #      or cannot be pulled (Docker Hub is unreachable here);
-#   4. builds the image with `--network host` (pip needs PyPI); WHEELHOUSE=1 pre-builds the wheels on
+#   4. builds the image with `--network host` (pip needs PyPI); WHEELHOUSE=1 (default) pre-builds the wheels on
 #      the host into .whl/ and the build installs from there with --no-index;
 #   5. runs the image read-only (`--read-only --tmpfs /tmp`) as a non-root uid with the input mounted
 #      read-only: --version, --help, a phantom dataset (`synth`), participant, group; checks that the
@@ -20,7 +20,8 @@
 #   TF_PACKAGE [tensorflow==2.21.*]: the CPU-only wheel set; the published GPU image uses
 #              "tensorflow[and-cuda]==2.21.*" (adds ~3-4 GB of CUDA/cuDNN wheels)
 #   PREFETCH_TEMPLATES [0]: 1 needs TemplateFlow's S3 during the build (unreachable here)
-#   WHEELHOUSE [0]  STATE [/var/tmp/shiva-bids-docker]  RUN_UID [4242]  RUN_GID [4242]
+#   WHEELHOUSE [1]: 1 builds the wheels on the host with $PYTHON (a Python 3.11 with pip) [python3]
+#   STATE [/var/tmp/shiva-bids-docker]  RUN_UID [4242]  RUN_GID [4242]
 #   KEEP [0]: 1 keeps the daemon, its data-root and the test data for inspection
 #   PARTICIPANT_ARGS: extra arguments for the participant level (e.g. --models-dir /models)
 set -euo pipefail
@@ -30,12 +31,13 @@ IMAGE=${IMAGE:-local/shiva-bids:test}
 BASE_IMAGE=${BASE_IMAGE:-local/debian:bookworm}
 TF_PACKAGE=${TF_PACKAGE:-tensorflow==2.21.*}
 PREFETCH_TEMPLATES=${PREFETCH_TEMPLATES:-0}
-WHEELHOUSE=${WHEELHOUSE:-0}
+WHEELHOUSE=${WHEELHOUSE:-1}
 STATE=${STATE:-/var/tmp/shiva-bids-docker}
 RUN_UID=${RUN_UID:-4242}
 RUN_GID=${RUN_GID:-4242}
 KEEP=${KEEP:-0}
 PARTICIPANT_ARGS=${PARTICIPANT_ARGS:-}
+PYTHON=${PYTHON:-python3}
 DATA="$STATE/data"
 STARTED_DAEMON=""
 declare -a SUMMARY=()
@@ -126,22 +128,31 @@ build_image() {
     local t0; t0=$(date +%s)
     local wheel_dir=".whl"
     if [[ "$WHEELHOUSE" == 1 ]]; then
-        say "wheelhouse: pip wheel on the host into $REPO/$wheel_dir"
-        python3 -m pip wheel --quiet --wheel-dir "$REPO/$wheel_dir" "$TF_PACKAGE" "$REPO" \
-            || fail "pip wheel on the host failed"
-        note "wheelhouse: $(find "$REPO/$wheel_dir" -name '*.whl' | wc -l) wheels in $(elapsed "$t0") s"
+        # pip inside the build may fail TLS (an intercepting proxy's CA is only on the host):
+        # build every wheel on the host, plus the build backend for `pip install /src`.
+        say "wheelhouse: $PYTHON -m pip wheel on the host into $REPO/$wheel_dir"
+        "$PYTHON" -m pip wheel --quiet --wheel-dir "$REPO/$wheel_dir" \
+            "$TF_PACKAGE" "$REPO" "setuptools>=77" wheel >"$STATE/wheelhouse.log" 2>&1 \
+            || fail "pip wheel on the host failed ($STATE/wheelhouse.log)"
+        rm -rf "$REPO/build"
+        note "wheelhouse: $(find "$REPO/$wheel_dir" -name '*.whl' | wc -l) wheels," \
+             "$(du -sh "$REPO/$wheel_dir" | cut -f1), in $(elapsed "$t0") s"
     else
         wheel_dir=".no-wheelhouse"
     fi
     t0=$(date +%s)
-    docker build --network host -t "$IMAGE" \
-        --build-arg BASE_IMAGE="$BASE_IMAGE" \
-        --build-arg TF_PACKAGE="$TF_PACKAGE" \
-        --build-arg PREFETCH_TEMPLATES="$PREFETCH_TEMPLATES" \
-        --build-arg WHEELHOUSE="$wheel_dir" \
-        --build-arg CONTAINER_TAG="$IMAGE" \
-        "$REPO" 2>&1 | tee "$STATE/build.log" | grep -E '^(Step|Successfully|ERROR|error)' || true
-    [[ ${PIPESTATUS[0]} == 0 ]] || fail "docker build failed (see $STATE/build.log)"
+    say "build: docker build --network host -t $IMAGE (log: $STATE/build.log)"
+    if ! docker build --network host -t "$IMAGE" \
+            --build-arg BASE_IMAGE="$BASE_IMAGE" \
+            --build-arg TF_PACKAGE="$TF_PACKAGE" \
+            --build-arg PREFETCH_TEMPLATES="$PREFETCH_TEMPLATES" \
+            --build-arg WHEELHOUSE="$wheel_dir" \
+            --build-arg CONTAINER_TAG="$IMAGE" \
+            "$REPO" >"$STATE/build.log" 2>&1; then
+        grep -v '^\s*$' "$STATE/build.log" | tail -n 15
+        fail "docker build failed after $(elapsed "$t0") s (see $STATE/build.log; if pip" \
+             "reports CERTIFICATE_VERIFY_FAILED, rerun with WHEELHOUSE=1)"
+    fi
     local size; size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
     note "build: $IMAGE (TF_PACKAGE=$TF_PACKAGE, PREFETCH_TEMPLATES=$PREFETCH_TEMPLATES) in $(elapsed "$t0") s"
     note "image size: $((size / 1024 / 1024)) MiB"
