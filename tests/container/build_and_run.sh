@@ -23,7 +23,8 @@
 #   WHEELHOUSE [1]: 1 builds the wheels on the host with $PYTHON (a Python 3.11 with pip) [python3]
 #   STATE [/var/tmp/shiva-bids-docker]  RUN_UID [4242]  RUN_GID [4242]
 #   KEEP [0]: 1 keeps the daemon, its data-root and the test data for inspection
-#   PARTICIPANT_ARGS: extra arguments for the participant level (e.g. --models-dir /models)
+#   MODELS_DIR: a host folder of SHIVA models (mounted at /models); default: the bundled demo models
+#   PARTICIPANT_ARGS: extra arguments for the participant level (e.g. "--markers PVS")
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -37,6 +38,7 @@ RUN_UID=${RUN_UID:-4242}
 RUN_GID=${RUN_GID:-4242}
 KEEP=${KEEP:-0}
 PARTICIPANT_ARGS=${PARTICIPANT_ARGS:-}
+MODELS_DIR=${MODELS_DIR:-}
 PYTHON=${PYTHON:-python3}
 DATA="$STATE/data"
 STARTED_DAEMON=""
@@ -184,6 +186,37 @@ check_outputs() {
     note "outputs: $n_nii NIfTI files, $(find "$out" -type f | wc -l) files, all owned by uid $RUN_UID"
 }
 
+in_image() {  # in_image PYTHON_CODE: run Python inside the image (read-only, as RUN_UID)
+    run_app --entrypoint python "$IMAGE" -c "$1"
+}
+
+# A phantom BIDS dataset: `shiva-bids synth` (issue 3) when the image has it, else a minimal
+# one-participant dataset (a blurred-ellipsoid T1w + FLAIR) made with nibabel inside the image.
+make_dataset() {
+    if in_image "import shiva_bids.synthetic.cli" >/dev/null 2>&1; then
+        timed_run synth -v "$DATA:/data" "$IMAGE" synth /data/bids \
+            || fail "shiva-bids synth failed (log: $STATE/synth.log)"
+        return
+    fi
+    note "dataset: shiva_bids.synthetic is not in this build; writing a minimal phantom"
+    run_app -i -v "$DATA:/data" --entrypoint python "$IMAGE" - <<'PY'
+import json, pathlib
+import nibabel as nib, numpy as np
+root = pathlib.Path("/data/bids")
+anat = root / "sub-01" / "anat"
+anat.mkdir(parents=True)
+(root / "dataset_description.json").write_text(json.dumps(
+    {"Name": "phantom", "BIDSVersion": "1.10.0", "DatasetType": "raw"}))
+grid = np.mgrid[:96, :112, :96].astype(np.float32)
+radius = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, (48, 56, 48), (38, 46, 40)))
+for suffix, inside in (("T1w", 400.0), ("FLAIR", 250.0)):
+    data = np.where(radius < 1, inside, 10.0).astype(np.float32)
+    data += np.random.default_rng(0).normal(0, 5, data.shape).astype(np.float32)
+    affine = np.diag([1.2, 1.2, 1.2, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), anat / f"sub-01_{suffix}.nii.gz")
+PY
+}
+
 run_tests() {
     rm -rf "$DATA"; mkdir -p "$DATA/out" "$DATA/work"
     chown -R "$RUN_UID:$RUN_GID" "$DATA"
@@ -193,22 +226,36 @@ run_tests() {
     note "run --version: $(cat "$STATE/version.txt")"
     run_app "$IMAGE" --help >/dev/null || fail "--help failed"
     note "run --help: ok"
-    local devices
-    devices=$(run_app --entrypoint python "$IMAGE" -c "import tensorflow as tf; print('TF', \
-tf.__version__, 'GPUs:', len(tf.config.list_physical_devices('GPU')))" 2>/dev/null | tail -1)
-    note "run tensorflow in the image: $devices"
+    note "run tensorflow in the image: $(in_image "import tensorflow as tf; print('TF', \
+tf.__version__, 'GPUs visible:', len(tf.config.list_physical_devices('GPU')))" 2>/dev/null | tail -1)"
 
-    # A phantom dataset made by the image itself (`shiva-bids synth`, issue 3).
-    if ! timed_run synth -v "$DATA:/data" "$IMAGE" synth /data/bids; then
-        fail "shiva-bids synth is not available in this build: no phantom dataset"
+    note "templateflow (read-only home): $(in_image "from templateflow import api; \
+p = api.ls('MNI152NLin2009cAsym', resolution=1, desc=None, suffix='T1w')[0]; \
+print(p.name, p.stat().st_size, 'bytes')" 2>&1 | tail -1)"
+
+    make_dataset
+    # Models: MODELS_DIR (a host folder, mounted read-only at /models), else the demo models
+    # bundled in the package (shiva_bids/data/demo_models).
+    local args=() mounts=()
+    read -r -a args <<<"$PARTICIPANT_ARGS"
+    if [[ -n "$MODELS_DIR" ]]; then
+        mounts=(-v "$MODELS_DIR:/models:ro"); args+=(--models-dir /models)
+        note "models: $MODELS_DIR"
+    else
+        local demo
+        demo=$(in_image "import pathlib, shiva_bids as s; p = pathlib.Path(s.__file__).parent \
+/ 'data' / 'demo_models'; print(p if any(p.rglob('model_info*.json')) else '')" 2>/dev/null)
+        if [[ -n "$demo" ]]; then args+=(--models-dir "$demo"); note "models: demo models $demo"
+        else note "models: no demo models in this build (shiva_bids/data/demo_models)"; fi
     fi
-    # Input read-only, outputs and work to their own mounts.
-    local models=()
-    read -r -a models <<<"$PARTICIPANT_ARGS"
+    # Input read-only, outputs and work on their own mounts, everything else read-only.
     local rc=0
     timed_run participant -v "$DATA/bids:/bids:ro" -v "$DATA/out:/out" -v "$DATA/work:/work" \
-        "$IMAGE" /bids /out participant -w /work --skip-bids-validation -v "${models[@]}" || rc=$?
+        "${mounts[@]}" "$IMAGE" /bids /out participant -w /work --skip-bids-validation -v "${args[@]}" || rc=$?
     ((rc == 0)) || fail "participant level exited $rc (log: $STATE/participant.log)"
+    if grep -q "inference device: cpu" "$STATE/participant.log"; then
+        note "device: the participant log says CPU"
+    fi
     timed_run group -v "$DATA/bids:/bids:ro" -v "$DATA/out:/out" -v "$DATA/work:/work" \
         "$IMAGE" /bids /out group -w /work -v || fail "group level failed (log: $STATE/group.log)"
     check_outputs
