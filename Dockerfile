@@ -55,14 +55,14 @@ RUN python3 -m venv /opt/venv \
 
 # ---- final image ---------------------------------------------------------------------------
 FROM runtime
-ARG PREFETCH_TEMPLATES=1
-ARG CONTAINER_TAG=shiva-bids:dev
 LABEL org.opencontainers.image.title="shiva-bids" \
       org.opencontainers.image.description="SHIVA small-vessel-disease markers as a BIDS App" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/venv /opt/venv
 COPY version run.py /opt/shiva-bids/
 COPY docker/prefetch_templates.py /opt/shiva-bids/docker/
+ARG PREFETCH_TEMPLATES=1
+ARG CONTAINER_TAG=shiva-bids:dev
 # Run as any uid on a read-only root: everything that wants to write goes to /tmp (a tmpfs with
 # `docker run --read-only --tmpfs /tmp`; the host /tmp under Apptainer). No run-time downloads:
 # TemplateFlow reads the files baked in below (reference/BIDS_APPS.md §4, requirements 1 and 2).
