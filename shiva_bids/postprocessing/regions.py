@@ -157,30 +157,36 @@ def scheme_from_derived(derived: np.ndarray, scheme: str,
 
 def _regions_from_dseg(scheme: str, reference: Volume, dseg: Volume, source: str,
                        derived: Volume | None) -> RegionMap:
-    derived = derived if derived is not None else derived_cached(dseg)
-    parcellated = parc.has_cortical_parcels(dseg)
-    labels, names = scheme_from_derived(derived.data, scheme, parcellated)
-    native = resample_nearest(derived.with_data(labels), reference)
+    native, parcellated = derived_on_grid(dseg, reference, derived)
+    labels, names = scheme_from_derived(native.data, scheme, parcellated)
     priority: tuple[int, ...] = ()
     if scheme == "wmh":
         priority = tuple(k for k, v in names.items() if v.endswith(WMH_PRIORITY_REGION))
-    inside = native.with_data((native.data > 0).astype(np.uint8))
-    return RegionMap(native, names, source, scheme, inside, priority)
+    inside = native.with_data((labels > 0).astype(np.uint8))
+    return RegionMap(native.with_data(labels), names, source, scheme, inside, priority)
 
 
-_DERIVED_CACHE: dict[str, tuple[Volume, Volume]] = {}
+# The last (segmentation, reference grid) -> (derived parcellation on that grid, parcellated).
+_DERIVED_CACHE: dict[str, tuple[Volume, Volume, Volume, bool]] = {}
 
 
-def derived_cached(dseg: Volume) -> Volume:
-    """`derived_parcellation(dseg)`, remembered for the last segmentation seen, so that the
-    three schemes of one participant derive it once. The cache holds the Volume itself, so its
-    identity cannot be reused while cached."""
+def derived_on_grid(dseg: Volume, reference: Volume,
+                    derived: Volume | None = None) -> tuple[Volume, bool]:
+    """The derived parcellation of `dseg` on the `reference` grid and whether `dseg` has
+    cortical parcels. Remembered for the last segmentation and grid, so that the three schemes
+    of one participant derive and resample it once (the cache holds the segmentation object
+    itself, so its identity cannot be reused while cached). `derived` may pass a precomputed
+    `parcellation.derived_parcellation(dseg)`."""
     hit = _DERIVED_CACHE.get("last")
-    if hit is not None and hit[0] is dseg:
-        return hit[1]
-    derived = parc.derived_parcellation(dseg)
-    _DERIVED_CACHE["last"] = (dseg, derived)
-    return derived
+    if hit is not None and hit[0] is dseg and same_grid(hit[1], reference):
+        return hit[2], hit[3]
+    if derived is None:
+        derived = parc.derived_parcellation(dseg)
+    native = resample_nearest(derived, reference)
+    parcellated = parc.has_cortical_parcels(dseg)
+    grid = Volume(np.broadcast_to(np.zeros(1, np.uint8), reference.shape[:3]), reference.affine)
+    _DERIVED_CACHE["last"] = (dseg, grid, native, parcellated)
+    return native, parcellated
 
 
 def _load(image: Volume | Path) -> Volume:
