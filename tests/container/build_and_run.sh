@@ -27,7 +27,7 @@
 #   PARTICIPANT_ARGS: extra arguments for the participant level (e.g. "--markers PVS")
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+REPO=${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 IMAGE=${IMAGE:-local/shiva-bids:test}
 BASE_IMAGE=${BASE_IMAGE:-local/debian:bookworm}
 TF_PACKAGE=${TF_PACKAGE:-tensorflow==2.21.*}
