@@ -2,6 +2,9 @@
 # Real build-and-run test of the shiva-bids image (not part of pytest / CI; run it by hand, as root).
 #
 #   sudo tests/container/build_and_run.sh            # CPU image, phantom data, demo models
+#   sudo KEEP=1 tests/container/build_and_run.sh build   # steps: base build run stop
+#   sudo KEEP=1 tests/container/build_and_run.sh run     # re-run against the kept image
+#   sudo tests/container/build_and_run.sh stop           # stop a kept daemon, remove its state
 #
 # What it does (reference/BIDS_APPS.md §1.1 CI pattern, §6.1 facts for this machine kind):
 #   1. installs docker.io/containerd/runc/debootstrap with apt-get when they are missing;
@@ -55,15 +58,22 @@ summary() {
     printf '%s\n' "${SUMMARY[@]}"
     echo "exit status: $rc"
     if [[ -n "$STARTED_DAEMON" && "$KEEP" != 1 ]]; then
-        docker image rm -f "$IMAGE" >/dev/null 2>&1 || true
-        say "stopping dockerd (pid $STARTED_DAEMON) and removing $STATE"
-        kill -TERM "$STARTED_DAEMON" 2>/dev/null || true
-        for _ in $(seq 60); do kill -0 "$STARTED_DAEMON" 2>/dev/null || break; sleep 1; done
-        umount "$STATE/exec/netns/default" 2>/dev/null || true
-        rm -rf "$STATE"
+        stop_daemon
     elif [[ "$KEEP" != 1 ]]; then
         rm -rf "$DATA"
     fi
+}
+
+stop_daemon() {  # the daemon this script started (now or in a KEEP=1 run), then its state
+    local pid=${STARTED_DAEMON:-$(cat "$STATE/docker.pid" 2>/dev/null || true)}
+    [[ -n "$pid" ]] || return 0
+    docker image rm -f "$IMAGE" >/dev/null 2>&1 || true
+    say "stopping dockerd (pid $pid) and removing $STATE"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    umount "$STATE/exec/netns/default" 2>/dev/null || true
+    rm -rf "$STATE"
+    STARTED_DAEMON=""
 }
 trap summary EXIT
 
@@ -261,9 +271,12 @@ print(p.name, p.stat().st_size, 'bytes')" 2>&1 | tail -1)"
     check_outputs
 }
 
-main() {  # main [STEP...]: steps among base build run (default: all); the daemon always starts
+main() {  # main [STEP...]: steps among base build run stop (default: base build run)
     [[ $EUID == 0 ]] || { echo "run as root (starts dockerd, debootstrap)" >&2; exit 77; }
-    local steps=("${@:-base}"); (($#)) || steps=(base build run)
+    local steps=("$@") step; (($#)) || steps=(base build run)
+    if [[ "${steps[*]}" == stop ]]; then  # only stop what a KEEP=1 run left behind
+        export DOCKER_HOST="unix://$STATE/docker.sock"; stop_daemon; return
+    fi
     install_packages
     note "disk free before: $(df -h --output=avail "$(dirname "$STATE")" | tail -1 | tr -d ' ')"
     start_daemon
@@ -272,7 +285,8 @@ main() {  # main [STEP...]: steps among base build run (default: all); the daemo
             base) ensure_base ;;
             build) ensure_base; build_image ;;
             run) run_tests ;;
-            *) fail "unknown step $step (base, build, run)" ;;
+            stop) stop_daemon ;;
+            *) fail "unknown step $step (base, build, run, stop)" ;;
         esac
     done
     note "PASS (${steps[*]})"
