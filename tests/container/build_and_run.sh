@@ -68,11 +68,11 @@ stop_daemon() {  # the daemon this script started (now or in a KEEP=1 run), then
     local pid=${STARTED_DAEMON:-$(cat "$STATE/docker.pid" 2>/dev/null || true)}
     [[ -n "$pid" ]] || return 0
     docker image rm -f "$IMAGE" >/dev/null 2>&1 || true
-    say "stopping dockerd (pid $pid) and removing $STATE"
+    say "stopping dockerd (pid $pid), removing its data-root; logs stay in $STATE"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     umount "$STATE/exec/netns/default" 2>/dev/null || true
-    rm -rf "$STATE"
+    rm -rf "$STATE/root" "$STATE/exec" "$STATE/rootfs" "$DATA"  # the logs stay
     STARTED_DAEMON=""
 }
 trap summary EXIT
