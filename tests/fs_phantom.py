@@ -28,21 +28,25 @@ STRUCTURES = [
 LOBES = {"frontal": 1028, "parietal": 1029, "temporal": 1015, "occipital": 1005}
 
 
-def _ellipsoid(world, centre, axes) -> np.ndarray:
+def ellipsoid(world, centre, axes) -> np.ndarray:
+    """Voxels whose world coordinates lie inside the axis-aligned ellipsoid."""
     return sum(((world[i] - centre[i]) / axes[i]) ** 2 for i in range(3)) <= 1.0
 
 
-def make_aparc_aseg(shape=(176, 240, 256), zooms=(1.0, 1.0, 1.0), scale: float = 1.0) -> Volume:
+def make_aparc_aseg(shape=(176, 240, 256), zooms=(1.0, 1.0, 1.0), scale: float = 1.0,
+                    synthseg: bool = False) -> Volume:
     """The phantom on a grid of `shape` x `zooms` centred on the origin; `scale` shrinks the
-    anatomy (0.5 gives a half-size head for fast tests)."""
+    anatomy (0.5 gives a half-size head for fast tests). `synthseg`: SynthSeg-like, with no
+    callosum labels (the callosum is cerebral WM) and an interhemispheric fissure (CSF lined
+    with cortex) everywhere else, so that left and right WM meet only at the callosum."""
     affine = np.diag(list(zooms) + [1.0])
     affine[:3, 3] = -np.array(zooms) * (np.array(shape) - 1) / 2.0
     axes = [affine[i, i] * np.arange(shape[i], dtype=np.float32) + affine[i, 3]
             for i in range(3)]
     world = np.meshgrid(*[a / scale for a in axes], indexing="ij", sparse=True)
     seg = np.zeros(shape, np.int16)
-    seg[_ellipsoid(world, (0, 0, 0), (70, 90, 65))] = 24
-    cortex = _ellipsoid(world, (0, 0, 0), (65, 85, 60))
+    seg[ellipsoid(world, (0, 0, 0), (70, 90, 65))] = 24
+    cortex = ellipsoid(world, (0, 0, 0), (65, 85, 60))
     x, y, z = world
     left = np.broadcast_to(x < 0, shape)
     lobe = np.where(y > 20, LOBES["frontal"],
@@ -50,13 +54,22 @@ def make_aparc_aseg(shape=(176, 240, 256), zooms=(1.0, 1.0, 1.0), scale: float =
                              np.where(z < -10, LOBES["temporal"], LOBES["parietal"])))
     lobe = np.broadcast_to(lobe, shape)
     seg[cortex] = np.where(left, lobe, lobe + 1000)[cortex]
-    wm = _ellipsoid(world, (0, 0, 0), (60, 80, 55))
+    wm = ellipsoid(world, (0, 0, 0), (60, 80, 55))
     seg[wm] = np.where(left, 2, 41)[wm]
     for (left_label, right_label), (cx, cy, cz), semi in STRUCTURES:
-        seg[_ellipsoid(world, (-cx, cy, cz), semi)] = left_label
-        seg[_ellipsoid(world, (cx, cy, cz), semi)] = right_label
-    seg[_ellipsoid(world, (0, -30, -35), (9, 10, 22))] = 16  # brainstem
+        seg[ellipsoid(world, (-cx, cy, cz), semi)] = left_label
+        seg[ellipsoid(world, (cx, cy, cz), semi)] = right_label
+    seg[ellipsoid(world, (0, -30, -35), (9, 10, 22))] = 16  # brainstem
     callosum = (np.abs(x) <= 10) & (np.abs(y) <= 30) & (z >= 18) & (z <= 22)
-    seg[callosum] = np.broadcast_to(251 + np.clip((y + 30) // 12, 0, 4), shape)[callosum]
-    seg[_ellipsoid(world, (-30, 30, 20), (3, 3, 3))] = 77
+    if synthseg:
+        cerebral = np.isin(seg, [2, 41]) | (seg >= 1000)
+        midline = np.broadcast_to(np.abs(x) <= 1, shape) & cerebral & ~callosum
+        near = np.broadcast_to((np.abs(x) > 1) & (np.abs(x) <= 3), shape) & np.isin(seg, [2, 41])
+        seg[near & ~callosum] = np.where(left, lobe, lobe + 1000)[near & ~callosum]
+        seg[midline] = 24
+        seg[callosum & np.isin(seg, [2, 41])] = np.where(left, 2, 41)[callosum
+                                                                       & np.isin(seg, [2, 41])]
+    else:
+        seg[callosum] = np.broadcast_to(251 + np.clip((y + 30) // 12, 0, 4), shape)[callosum]
+    seg[ellipsoid(world, (-30, 30, 20), (3, 3, 3))] = 77
     return Volume(seg, affine)

@@ -80,7 +80,8 @@ def test_region_stats_per_region_and_whole_brain():
     assert (whole["region_label"], whole["n_clusters"], whole["total_volume_mm3"]) == (-1, 2, 3.5)
     assert whole["median_volume_mm3"] == 1.75 and whole["max_volume_mm3"] == 2.0
     assert whole["std_volume_mm3"] == pytest.approx(math.sqrt(0.125), abs=1e-4)
-    assert rows["Left Deep WM"]["n_clusters"] == 1 and rows["Left Deep WM"]["std_volume_mm3"] is None
+    deep = rows["Left Deep WM"]
+    assert deep["n_clusters"] == 1 and deep["std_volume_mm3"] is None
     empty = rows["Left Hippoc."]
     assert empty["n_clusters"] == 0 and empty["total_volume_mm3"] == 0.0
     assert empty["mean_volume_mm3"] is None

@@ -18,6 +18,7 @@ from shiva_bids.volume import Volume
 
 RAW_T1 = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
 RAW_SWI = "sub-01/ses-1/anat/sub-01_ses-1_swi.nii.gz"
+SEG_PATH = "sub-01/ses-1/anat/sub-01_ses-1_desc-aparcaseg_dseg.nii.gz"
 
 
 def _validator() -> str:
@@ -48,13 +49,16 @@ def _write_unit(out: Path, bids: Path):
     prob, brain, seg = _unit_volumes()
     inputs = InputSet("01", "1", t1w=bids / RAW_T1, swi=bids / RAW_SWI)
     paths = {}
-    for marker, raw in (("PVS", RAW_T1), ("CMB", RAW_SWI)):
-        scheme = "pvs" if marker == "PVS" else "mars"
-        regions = build_regions(scheme, prob, dseg=seg, brain=brain)
-        result = postprocess_marker(marker, prob, brain, 0.5, 1, prob.with_data(prob.data / 10),
-                                    regions)
+    empty = prob.with_data(np.zeros(prob.shape, np.float32))
+    for marker, raw, probability in (("PVS", RAW_T1, prob), ("CMB", RAW_SWI, prob),
+                                     ("LAC", RAW_T1, empty)):
+        scheme = {"PVS": "pvs", "CMB": "mars", "LAC": "mars"}[marker]
+        regions = build_regions(scheme, prob, dseg=seg, brain=brain,
+                                dseg_source=f"bids:fs:{SEG_PATH}")
+        result = postprocess_marker(marker, probability, brain, 0.5, 1,
+                                    prob.with_data(prob.data / 10), regions)
         paths[marker] = write_marker_outputs(
-            out, inputs, marker, prob, None, result.clusters, result.census, result.stats,
+            out, inputs, marker, probability, None, result.clusters, result.census, result.stats,
             brain, [f"bids:raw:{raw}"], f"bids:raw:{raw}",
             {"name": "demo-" + marker, "checksums": {"fold0": "abc"}, "demo": True},
             {"min_cluster_size": 1})
@@ -92,6 +96,9 @@ def test_files_names_and_dtypes(unit):
     lines = pvs["dseg_tsv"].read_text().splitlines()
     assert len(lines) - 1 == int(np.asarray(dseg.dataobj).max())
     assert "*_stats.tsv" in (out / ".bidsignore").read_text().split()
+    empty = paths["LAC"]  # a marker without clusters: header-only census, zero stats
+    assert empty["dseg_tsv"].read_text().count("\n") == 1
+    assert "LAC\tWhole brain\t-1\t0\t0.0\t" in empty["stats"].read_text()
 
 
 def test_sidecars(unit):
@@ -110,7 +117,8 @@ def test_sidecars(unit):
     assert probseg["Sources"] == [f"bids:raw:{RAW_T1}"]
     assert probseg["Model"]["checksums"] == {"fold0": "abc"}
     dseg = json.loads(deriv.sidecar_path(paths["PVS"]["dseg"]).read_text())
-    assert dseg["RegionSource"] == "dseg:segmentation" and "volume_mm3" in dseg
+    assert dseg["RegionSource"] == f"dseg:bids:fs:{SEG_PATH}" and "volume_mm3" in dseg
+    assert dseg["Sources"][-1] == f"bids:fs:{SEG_PATH}"
     assert "index" not in dseg
     stats = json.loads(paths["PVS"]["stats_json"].read_text())
     assert stats["WholeBrainOnly"] is False and stats["Marker"] == "PVS"

@@ -57,6 +57,9 @@ def _nifti(volume: Volume, dtype: type):
     return img
 
 
+# gzip level of the output images: 1 is ~2.5x faster than 6 on these mostly-zero maps and the
+# files are ~10 % larger (benchmarks/bench_postprocessing.py).
+COMPRESS_LEVEL = 1
 # path -> digest of the shared image (brain mask) last written there by this process.
 _WRITTEN: dict[Path, str] = {}
 
@@ -65,13 +68,13 @@ def _save_one(img, path: Path, shared: bool) -> None:
     """Save `img`; a `shared` image (the brain mask of several markers) is skipped when this
     process already wrote the same bytes to `path` and the file is still there."""
     if not shared:
-        atomic_save_nifti(img, path)
+        atomic_save_nifti(img, path, COMPRESS_LEVEL)
         return
     digest = hashlib.blake2b(np.ascontiguousarray(img.dataobj).tobytes()
                              + img.affine.tobytes(), digest_size=16).hexdigest()
     if _WRITTEN.get(path) == digest and path.is_file():
         return
-    atomic_save_nifti(img, path)
+    atomic_save_nifti(img, path, COMPRESS_LEVEL)
     _WRITTEN[path] = digest
 
 
@@ -155,10 +158,13 @@ def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: 
     jobs.append((_nifti(clusters.labels, _label_dtype(clusters.count)), paths["dseg"], False))
     _save_images(jobs, n_threads)
     atomic_write_text(paths["dseg_tsv"], census.to_tsv())
+    region_source = stats.metadata.get("RegionSource", "none")
+    region_uri = region_source.split(":", 1)[1] if region_source.startswith("dseg:bids:") \
+        else None
     deriv.write_sidecar(paths["dseg"], {
         "Description": f"{spec.description}: clusters labelled 1..N (see the _dseg.tsv)",
-        "Sources": [uri("probseg"), uri("brain_mask")], "ClusterCount": clusters.count,
-        "RegionSource": stats.metadata.get("RegionSource", "none"),
+        "Sources": [uri("probseg"), uri("brain_mask")] + ([region_uri] if region_uri else []),
+        "ClusterCount": clusters.count, "RegionSource": region_source,
         **filtering, **common, **_extra_columns(census)})
 
     atomic_write_text(paths["stats"], stats.to_tsv())

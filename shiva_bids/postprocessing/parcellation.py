@@ -15,8 +15,8 @@ Where shiva-bids differs (documented in docs/outputs.md):
   SynthSeg without `--parc`) has no lobes: its cortex (3/42) is the seed of an "unparcellated"
   pseudo-lobe with derived labels 61-64 (left) / 81-84 (right), same GM/JC/deep/PV order;
 * FreeSurfer's lateralised WM hypointensities 78/79 go to left/right WM like 77 does;
-* the SynthSeg corpus-callosum "seam" (§9.1 item 8) is not reconstructed: without labels
-  251-255 the callosum stays in the lobar deep/periventricular WM;
+* the SynthSeg corpus-callosum seam (§9.1 item 8) only relabels lobar WM voxels (capsule
+  labels win);
 * the external capsule (§9.1 item 7) is built as described but the closing uses a 3x3x3
   structure iterated 3 times (a cube, not a ball).
 """
@@ -53,6 +53,9 @@ HIPPOCAMPUS = ((17, 18), (53, 54))
 CEREBELLUM = ((7, 8), (46, 47))
 BRAINSTEM = 16
 CORPUS_CALLOSUM = (251, 252, 253, 254, 255)
+CINGULATE = (1002, 1010, 1023, 1026)  # left Desikan cingulate parcels (right = + 1000)
+CC_SEAM_GROWTH = 10  # taxicab, SynthSeg callosum (item 8)
+CC_OPENINGS = 2
 
 # Derived label values (§9.1 table); right = left + 20 (lobar, insula) or + 10 (deep grey).
 LOBE_BASE = {0: 1, 1: 5, 2: 9, 3: 13, UNPARCELLATED: 61}  # + 0 GM, 1 JC, 2 deep, 3 PV
@@ -83,8 +86,7 @@ def _side(code: int, side: int) -> int:
 
 
 def _isin(seg: np.ndarray, labels) -> np.ndarray:
-    """`np.isin` for non-negative label images, through a look-up table (one gather).
-    Labels beyond the table (larger than any in `seg`, see `_derive`) are ignored."""
+    """`np.isin` for uint16 label images (`_derive` converts), through a look-up table."""
     lut = np.zeros(_LUT_SIZE, dtype=bool)
     lut[[label for label in labels if label < _LUT_SIZE]] = True
     return lut[seg]
@@ -152,18 +154,17 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _lobe_seeds(seg: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Per voxel: lobe (0-3, or UNPARCELLATED) of lobar cortex seeds, -1 elsewhere; and
-    whether Desikan parcels were found."""
+def _lobe_seeds(seg: np.ndarray) -> np.ndarray:
+    """Per voxel: lobe (0-3; UNPARCELLATED for cortex without Desikan parcels) of lobar
+    cortex seeds, -1 elsewhere."""
     lobe = np.full(seg.shape, -1, dtype=np.int8)
-    parcellated = bool((seg >= 1000).any())
-    if parcellated:
+    if _has_desikan(seg):
         for index, parcels in LOBE_PARCELS.items():
             seeds = [p for p in parcels if p not in NOT_SEEDS]
             lobe[_isin(seg, seeds + [p + 1000 for p in seeds])] = index
     else:
         lobe[_isin(seg, CORTEX)] = UNPARCELLATED
-    return lobe, parcellated
+    return lobe
 
 
 def _nearest_lobe(lobe: np.ndarray, hemi: np.ndarray, wm: np.ndarray) -> np.ndarray:
@@ -189,9 +190,9 @@ def _derive(seg: np.ndarray) -> np.ndarray:
     seg = np.clip(seg, 0, _LUT_SIZE - 1).astype(np.uint16)
     _assign_wm_hypointensities(seg)
     out = np.zeros(seg.shape, dtype=np.int16)
-    lobe, parcellated = _lobe_seeds(seg)
+    lobe = _lobe_seeds(seg)
     seeds = lobe >= 0
-    not_seeds = [p for p in NOT_SEEDS] + [p + 1000 for p in NOT_SEEDS]
+    not_seeds = list(NOT_SEEDS) + [p + 1000 for p in NOT_SEEDS]
     hemi = np.full(seg.shape, -1, dtype=np.int8)  # hemisphere of cortex/WM voxels
     for side in (LEFT, RIGHT):
         hemi[_isin(seg, (WM[side], CORTEX[side]))] = side
@@ -265,9 +266,11 @@ def _external_capsule(seg: np.ndarray, side: int, allowed: np.ndarray) -> np.nda
 
 def _corpus_callosum(seg: np.ndarray, out: np.ndarray) -> None:
     """§9.1 item 8 (FreeSurfer): labels 251-255 take the side of the nearest cerebral WM
-    voxel (Euclidean; searched in the callosum's box grown by 20 voxels)."""
+    voxel (Euclidean; searched in the callosum's box grown by 20 voxels). Without those labels
+    (SynthSeg) the callosum is rebuilt from the seam between left and right WM."""
     cc = _isin(seg, CORPUS_CALLOSUM)
     if not cc.any():
+        _callosum_seam(seg, out)
         return
     box = _bbox(cc, 20)
     local = seg[box]
@@ -280,6 +283,30 @@ def _corpus_callosum(seg: np.ndarray, out: np.ndarray) -> None:
     out[box][cc[box]] = np.where(side == WM[RIGHT], right_of(D_CC), D_CC)
 
 
+def _callosum_seam(seg: np.ndarray, out: np.ndarray) -> None:
+    """§9.1 item 8 (SynthSeg): where left and right cerebral WM meet after a 1-voxel dilation
+    (ventricles and cingulate excluded), grown by taxicab 10, within WM, opened twice. Only
+    lobar WM voxels are relabelled (internal/external capsule labels are kept)."""
+    cube = np.ones((3, 3, 3), bool)
+    left, right = seg == WM[LEFT], seg == WM[RIGHT]
+    if not left.any() or not right.any():
+        return
+    box = _bbox(ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube),
+                CC_SEAM_GROWTH + 2)
+    left, right, local = left[box], right[box], seg[box]
+    seam = ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube)
+    seam &= ~_isin(local, VENTRICLES + CINGULATE + tuple(p + 1000 for p in CINGULATE))
+    if not seam.any():
+        return
+    callosum = (_taxicab_distance(seam) <= CC_SEAM_GROWTH) & (left | right)
+    callosum = ndimage.binary_opening(callosum, iterations=CC_OPENINGS)
+    lobar = np.isin(out[box], [c for base in LOBE_BASE.values() for side in (LEFT, RIGHT)
+                               for c in (_side(base, side) + k for k in (1, 2, 3))])
+    region = out[box]
+    region[callosum & lobar & left] = D_CC
+    region[callosum & lobar & right] = right_of(D_CC)
+
+
 def derived_parcellation(dseg: Volume) -> Volume:
     """The §9.1 derived parcellation of a FreeSurfer/SynthSeg label volume (1 mm grid)."""
     seg = isotropic_1mm(dseg)
@@ -290,6 +317,12 @@ def derived_parcellation(dseg: Volume) -> Volume:
     return seg.with_data(out)
 
 
+def _has_desikan(seg: np.ndarray) -> bool:
+    """True when `seg` holds Desikan cortical parcels (1001-1035 / 2001-2035)."""
+    return bool((((seg > 1000) & (seg <= 1035)) | ((seg > 2000) & (seg <= 2035))).any())
+
+
 def has_cortical_parcels(dseg: Volume) -> bool:
-    """True when the segmentation carries Desikan parcels (labels >= 1000)."""
-    return bool((np.asarray(dseg.data) >= 1000).any())
+    """True when the segmentation carries Desikan cortical parcels (`aparc+aseg`, SynthSeg
+    `--parc`); False for `aseg`, fMRIPrep `desc-aseg_dseg`, SynthSeg without parcels."""
+    return _has_desikan(np.rint(np.asarray(dseg.data)))

@@ -283,8 +283,8 @@ def _merge_ids(p: _Painter, first: int) -> None:
     last = len(p.meta)
     if last <= first:
         return
-    idx = np.flatnonzero((p.ids > first) & (p.ids <= last)) if last > first else []
-    p.ids.reshape(-1)[idx] = first
+    parts = (p.ids > first) & (p.ids <= last)
+    p.ids[parts] = first
     for extra in range(first + 1, last + 1):
         p.meta[extra] = ("", "merged")
 
