@@ -62,6 +62,7 @@ summary() {
     elif [[ "$KEEP" != 1 ]]; then
         rm -rf "$DATA"
     fi
+    if [[ "$WHEELHOUSE" == 1 && "$KEEP" != 1 ]]; then rm -rf "$REPO/.whl"; fi
 }
 
 stop_daemon() {  # the daemon this script started (now or in a KEEP=1 run), then its state
