@@ -119,14 +119,11 @@ def rebuild_reports(units: list[InputSet], config: RunConfig) -> list[UnitResult
 
 
 def run_units(units: list[InputSet], config: RunConfig) -> list[UnitResult]:
-    """Run the selected pipeline on the units; map its outcomes to unit results."""
+    """Run the SHIVA pipeline on the units; map its outcomes to unit results."""
     from shiva_bids.runner import StopRun
-    if config.pipeline == "fetal-cgm":
-        from shiva_bids.fetal.pipeline import run_fetal_units as run_pipeline
-    else:
-        from shiva_bids.pipeline import run_shiva_units as run_pipeline
+    from shiva_bids.pipeline import run_shiva_units
     try:
-        outcome = run_pipeline(config, units)
+        outcome = run_shiva_units(config, units)
     except StopRun as stop:
         raise ShivaError(f"{stop} failed (stopped: --stop-on-first-crash; see "
                          f"{config.logs_dir}/crash-{stop}.txt)") from stop
