@@ -89,20 +89,18 @@ def test_savedmodel_signature_facts(built):
 
 # --- ensemble ------------------------------------------------------------------------------
 
-def _raw_folds(descriptor: ModelDescriptor, images, flip: bool = False) -> np.ndarray:
-    """(fold, image, X, Y, Z) outputs computed independently with `serve`, no 0.001 rule."""
-    folds = []
+def _raw_folds(descriptor: ModelDescriptor, images) -> tuple[np.ndarray, np.ndarray]:
+    """(fold, image, X, Y, Z) outputs computed independently with `serve`, no 0.001 rule:
+    plain, and averaged with the left-right mirrored prediction (flip TTA)."""
+    plain, flipped = [], []
     for path in descriptor.folds:
         loaded = tf.saved_model.load(str(path))  # kept referenced while `serve` runs
-        outs = []
-        for image in images:
-            out = loaded.serve(image[None]).numpy()[0, ..., 0]
-            if flip:
-                mirrored = loaded.serve(image[None, ::-1].copy()).numpy()[0, ::-1, ..., 0]
-                out = 0.5 * (out + mirrored)
-            outs.append(out)
-        folds.append(outs)
-    return np.array(folds)
+        outs = [loaded.serve(image[None]).numpy()[0, ..., 0] for image in images]
+        mirrored = [loaded.serve(image[None, ::-1].copy()).numpy()[0, ::-1, ..., 0]
+                    for image in images]
+        plain.append(outs)
+        flipped.append([0.5 * (a + b) for a, b in zip(outs, mirrored)])
+    return np.array(plain), np.array(flipped)
 
 
 def _shiva_rule(raw: np.ndarray) -> np.ndarray:
@@ -115,7 +113,7 @@ def test_ensemble_is_masked_mean_of_thresholded_folds(built, images, masks):
     assert predictor.input_shape == GRID and predictor.channels == 2
     results = predictor.predict(images, masks)
     assert len(results) == 3
-    raw = _raw_folds(descriptor, images)
+    raw = _raw_folds(descriptor, images)[0]
     assert 0.05 < (raw < FOLD_ZERO_BELOW).mean() < 0.95  # the 0.001 rule matters here
     folds = _shiva_rule(raw)
     for i, (mask, result) in enumerate(zip(masks, results)):
@@ -126,17 +124,17 @@ def test_ensemble_is_masked_mean_of_thresholded_folds(built, images, masks):
 
 def test_flip_tta_averages_mirrored_prediction(built, images):
     descriptor = load_descriptor(built["savedmodel"])
-    plain = EnsemblePredictor(descriptor, device="cpu").predict(images[:1], [None])[0]
     flipped = EnsemblePredictor(descriptor, device="cpu", tta="flip").predict(images[:1],
                                                                               [None])[0]
-    expected = _shiva_rule(_raw_folds(descriptor, images[:1], flip=True)).mean(0)[0]
-    np.testing.assert_allclose(flipped.mean, expected, atol=1e-6)
-    assert np.abs(flipped.mean - plain.mean).max() > 1e-4
+    plain, mirrored = (_shiva_rule(r).mean(0)[0] for r in _raw_folds(descriptor, images[:1]))
+    np.testing.assert_allclose(flipped.mean, mirrored, atol=1e-6)
+    assert np.abs(flipped.mean - plain).max() > 1e-4
 
 
 def test_provenance_is_json_and_complete(built):
     predictor = EnsemblePredictor(load_descriptor(built["keras"]), device="cpu")
     prov = json.loads(json.dumps(predictor.provenance))
+    predictor.close()
     assert prov["target"] == "WMH" and prov["format"] == "keras" and prov["demo"] is False
     assert [f["name"] for f in prov["folds"]] == ["tiny_wmh_fold_0.keras",
                                                   "tiny_wmh_fold_1.keras"]
@@ -306,6 +304,7 @@ def test_every_published_descriptor_parses(shared_dir):
     assert lac.sha256_zip.startswith("ADB14247") and lac.model_format == "SavedModel"
     assert (lac.architecture, lac.tensorflow_min_version) == ("ResUnet3D-8.9.2-1.5", "2.17")
     assert lac.release_date == "24/02/2026" and lac.script is None
+    assert lac.roles == ("t1w", "flair")
 
 
 def test_demo_marker_and_description(tmp_path):
@@ -394,3 +393,13 @@ def test_model_override(published_dir, monkeypatch):
     with pytest.raises(UsageError, match="is for WMH, not PVS"):
         select_descriptors(descriptors, ["PVS"], {"t1"},
                            {"PVS": published_dir / "model_info_flair-wmh"})
+
+
+def test_tiny_factory_odd_grid_and_demo_flag(tmp_path):
+    descriptor = tiny.write_tiny_model_folder(tmp_path, "CMB", ["swi"], n_folds=1,
+                                              shape=(9, 10, 8), fmt="h5", demo=True,
+                                              description="tiny demo")
+    predictor = EnsemblePredictor(load_descriptor(descriptor), device="cpu")
+    assert (predictor.input_shape, predictor.channels) == ((9, 10, 8), 1)
+    out = predictor.predict([np.ones((9, 10, 8), np.float32)], [None])[0]
+    assert out.mean.shape == (9, 10, 8) and predictor.provenance["demo"] is True

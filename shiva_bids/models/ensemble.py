@@ -18,6 +18,7 @@ result differs slightly from SHiVAi's; off by default).
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
 import logging
@@ -83,6 +84,10 @@ def release_memory(fmt: str) -> None:
     if module is not None:
         importlib.import_module(module).backend.clear_session()
     gc.collect()
+    try:  # hand freed heap pages back to the OS so RSS does not ratchet up fold after fold
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class _RunningStats:
@@ -184,6 +189,12 @@ class EnsemblePredictor:
             "threads": self.threads, "tta": self.tta,
             "fold_zero_below": FOLD_ZERO_BELOW, "aggregation": "mean",
         }
+
+    def close(self) -> None:
+        """Drop the fold kept in memory by `input_shape`/`channels` (predict() also does)."""
+        if self._first is not None:
+            fmt, self._first = self._first.format, None
+            release_memory(fmt)
 
     # --- prediction ----------------------------------------------------------------------
     def _check_inputs(self, images: Sequence[np.ndarray],

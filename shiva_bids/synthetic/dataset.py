@@ -28,6 +28,7 @@ from shiva_bids import __version__
 from shiva_bids.bids.derivatives import (BIDS_VERSION, DatasetInfo, bids_uri, derivative_path,
                                          ensure_bidsignore, write_dataset_description,
                                          write_sidecar)
+from shiva_bids.bids.inputs import InputSet
 from shiva_bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
 from shiva_bids.markers import MARKER_NAMES, MARKERS
 from shiva_bids.synthetic.lesions import LOADS
@@ -62,16 +63,21 @@ class SyntheticUnit:
     lesions: tuple[TruthLesion, ...]
     lesion_table: Path
 
+    def input_set(self) -> InputSet:
+        """The unit as the app's discovery would find it (SWI role = the T2starw image)."""
+        return InputSet(subject=self.subject, session=self.session,
+                        t1w=self.images.get("T1w"), flair=self.images.get("FLAIR"),
+                        swi=self.images.get("T2starw"), t2w=self.images.get("T2w"))
+
     @property
     def unit_id(self) -> str:
-        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+        """`sub-X[_ses-Y]`."""
+        return self.input_set().unit_id
 
     @property
     def entities(self) -> dict[str, str]:
-        out = {"sub": self.subject}
-        if self.session:
-            out["ses"] = self.session
-        return out
+        """`{"sub": X[, "ses": Y]}` for derivative names."""
+        return self.input_set().entities
 
     def lesions_of(self, marker: str) -> tuple[TruthLesion, ...]:
         return tuple(les for les in self.lesions if les.marker == marker)
@@ -115,6 +121,7 @@ def generate_dataset(out_dir: Path, n_participants: int = 2, n_sessions: int = 1
             label = f"{s + 1:02d}" if n_sessions > 1 else None
             session = acquire_session(participant, s, label, modalities)
             units.append(_write_unit(out_dir, reference, session))
+            log.info("phantom %s written (load %s)", units[-1].unit_id, participant.load)
             if figure and len(units) == 1:
                 from shiva_bids.synthetic.figure import write_phantom_figure
                 write_phantom_figure(session, reference / "figures"
@@ -152,7 +159,8 @@ def _write_unit(root: Path, reference: Path, session: Session) -> SyntheticUnit:
     images, brain_masks, by_space = {}, {}, {}
     for modality, image in session.images.items():
         path = anat / f"{stem}_{modality}.nii.gz"
-        atomic_save_nifti(_nifti(image.data, image.grid.affine), path)
+        # Level 1: noisy int16 images barely compress better at 6, which takes 5x longer.
+        atomic_save_nifti(_nifti(image.data, image.grid.affine), path, compresslevel=1)
         atomic_write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
                           _raw_sidecar(image, participant.seed))
         images[modality] = path
@@ -178,6 +186,20 @@ def _nifti(data: np.ndarray, affine: np.ndarray):
     img = Volume(data, affine).to_nifti()
     img.header.set_xyzt_units("mm", "sec")
     return img
+
+
+def read_lesion_table(path: Path) -> tuple[TruthLesion, ...]:
+    """Read back a `*_lesions.tsv` written by :func:`generate_dataset`."""
+    lines = Path(path).read_text().splitlines()
+    if not lines or tuple(lines[0].split("\t")) != LESION_COLUMNS:
+        raise ValueError(f"{path}: not a phantom lesion table (columns {LESION_COLUMNS})")
+    out = []
+    for line in lines[1:]:
+        marker, kind, region, x, y, z, voxels, volume = line.split("\t")
+        out.append(TruthLesion(marker=marker, kind=kind, region=region,
+                               centroid_mm=(float(x), float(y), float(z)), voxels=int(voxels),
+                               volume_mm3=float(volume)))
+    return tuple(out)
 
 
 def _raw_sidecar(image: NativeImage, seed: int) -> dict:

@@ -212,6 +212,19 @@ def _permuted(grid: NativeGrid, order: tuple[int, ...]) -> NativeGrid:
     return NativeGrid(tuple(grid.shape[a] for a in order), affine, grid.orientation, grid.label)
 
 
+def nearest(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour lookup of `volume` at `coords` (3, ...), 0 outside (3x faster than
+    map_coordinates(order=0)). Ties at exactly .5 round to even."""
+    index = np.rint(coords).astype(np.intp)
+    inside = np.ones(coords.shape[1:], bool)
+    for axis, n in enumerate(volume.shape):
+        inside &= (index[axis] >= 0) & (index[axis] < n)
+    flat = np.ravel_multi_index(tuple(index), volume.shape, mode="clip")
+    out = volume.reshape(-1).take(flat)
+    out[~inside] = 0
+    return out
+
+
 def sample(volumes: dict[str, np.ndarray], labels: np.ndarray | None, grid: NativeGrid,
            warp: Warp, rows_per_chunk: int = 24) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Sample canvas `volumes` (trilinear) and `labels` (nearest neighbour) at the centres of
@@ -231,8 +244,7 @@ def sample(volumes: dict[str, np.ndarray], labels: np.ndarray | None, grid: Nati
             ndi.map_coordinates(volume, coords, output=images[name][rows], order=1,
                                 mode="constant", cval=0.0, prefilter=False)
         if labels is not None:
-            ndi.map_coordinates(labels, coords, output=label_out[rows], order=0,
-                                mode="constant", cval=0, prefilter=False)
+            label_out[rows] = nearest(labels, coords)
     inverse = tuple(int(a) for a in np.argsort(order))
     images = {name: np.ascontiguousarray(img.transpose(inverse)) for name, img in images.items()}
     if label_out is not None:

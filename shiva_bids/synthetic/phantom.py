@@ -159,6 +159,6 @@ def truth_lesions(participant: Participant, warp: Warp) -> tuple[TruthLesion, ..
     world = warp.canvas_to_world(np.array([les.centroid for les in painted]))
     size = float(np.prod(participant.shape.scale))
     return tuple(TruthLesion(marker=les.marker, kind=les.kind, region=les.region,
-                             centroid_mm=tuple(float(v) for v in np.round(pos, 2)),
+                             centroid_mm=tuple(round(float(v), 2) for v in pos),
                              voxels=les.voxels, volume_mm3=round(les.voxels * size, 2))
                  for les, pos in zip(painted, world))

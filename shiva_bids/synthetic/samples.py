@@ -3,8 +3,8 @@
 For training the demo models (issue #3 item 6) no BIDS files and no anisotropic grids are
 needed: the four contrasts are sampled straight onto a 1 mm RAS box of the model shape
 (160x214x176, reference/SHIVA.md §5.5) centred on the brain, with a random anatomy variation,
-pose, bias field and noise, then normalised the SHIVA way (reference/SHIVA.md §5.7):
-x <- clip(x / p99_in_brain, 0, 1.3) / 1.3 after negatives -> 0.
+pose, intensity gamma, bias field and noise, then normalised the SHIVA way
+(reference/SHIVA.md §5.7): x <- clip(x / p99_in_brain, 0, 1.3) / 1.3 after negatives -> 0.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from shiva_bids.synthetic.scanner import ScannerEffects, acquire
 
 SHIVA_PERCENTILE = 99.0  # reference/SHIVA.md §5.7 (config `percentile`)
 SHIVA_CLIP = 1.3  # reference/SHIVA.md §5.7
+GAMMA_RANGE = (0.85, 1.2)  # per-contrast intensity gamma of model-space samples
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +73,9 @@ def model_space_sample(seed: int, load: str = "mild",
     for contrast in CONTRASTS:
         effects = ScannerEffects.random(rng)
         image_rng = np.random.default_rng(rng.integers(2 ** 63))
-        raw = acquire(sampled[contrast], grid.zooms, effects, image_rng)
+        # A random gamma varies tissue contrast between samples (training augmentation).
+        gamma = np.float32(rng.uniform(*GAMMA_RANGE))
+        raw = acquire(np.power(sampled[contrast], gamma), grid.zooms, effects, image_rng)
         images[contrast] = shiva_normalise(raw, brain)
     classes = labels & CLASS_BITS
     masks = {marker: (classes == MARKER_CLASS[marker]).astype(np.uint8)
