@@ -3,7 +3,6 @@ rigid registration against a known misalignment, native <-> model round trips, a
 SWI-space (CMB) branch. One phantom, one full preprocessing run, shared by every test."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import nibabel as nib
