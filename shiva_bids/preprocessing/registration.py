@@ -146,3 +146,15 @@ def rigid_magnitude(transform: Path) -> tuple[float, float]:
     matrix = params[:9].reshape(3, 3)
     angles = Rotation.from_matrix(matrix).as_euler("xyz", degrees=True)
     return float(np.abs(angles).sum()), float(np.linalg.norm(params[9:12]))
+
+
+def map_points(transform: Path, points: np.ndarray) -> np.ndarray:
+    """World (RAS mm) points of the fixed image -> the matching points of the moving image.
+
+    ANTs transforms map fixed-space physical points to moving-space points (that is how they
+    resample the moving image onto the fixed grid); this converts RAS <-> LPS around the call.
+    """
+    tx = ants.read_transform(str(transform))
+    flip = np.diag([-1.0, -1.0, 1.0])
+    pts = np.asarray(points, dtype=float).reshape(-1, 3)
+    return np.array([flip @ np.asarray(tx.apply_to_point(tuple(flip @ p))) for p in pts])
