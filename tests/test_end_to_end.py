@@ -59,7 +59,7 @@ def world(tmp_path_factory):
 def participant_args(root: Path, bids: Path, models: Path, *extra: str) -> list[str]:
     return [str(bids), str(root / "out"), "participant", "--models-dir", str(models),
             "--derivatives", f"truth={bids / 'derivatives' / 'reference'}",
-            "-w", str(root / "work"), "--skip-bids-validation", "--nprocs", "1", *extra]
+            "-w", str(root / "work"), "--skip-bids-validation", "--nprocs", "2", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -138,22 +138,26 @@ def test_kill_then_rerun_finishes_the_job(first_run):
     root, bids, models, _, _ = first_run
     out = root / "out"
     record = out / "sub-02" / "ses-01" / "sub-02_ses-01_summary.json"
+    log_file = out / "logs" / "sub-02_ses-01.log"
+    started_before = log_file.read_text().count("preprocessing for")
     args = participant_args(root, bids, models, "--participant-label", "02", "--force")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "shiva_bids", *args], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log_file = out / "logs" / "sub-02_ses-01.log"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if record.exists() is False and "preprocessing for" in log_file.read_text():
-            break
+        if log_file.read_text().count("preprocessing for") > started_before:
+            break  # the unit's old outputs are gone and its work has begun
         time.sleep(0.2)
-    time.sleep(1.0)
+    time.sleep(2.0)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.wait() == -signal.SIGKILL
     assert not record.exists()  # nothing looks complete after the kill
     assert not (out / "sub-02_ses-01.html").exists()
-    assert main(participant_args(root, bids, models, "--participant-label", "02")) == 0
+    rerun = subprocess.run([sys.executable, "-m", "shiva_bids",
+                            *participant_args(root, bids, models, "--participant-label", "02")],
+                           env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert json.loads(record.read_text())["status"] == "complete"
 
 

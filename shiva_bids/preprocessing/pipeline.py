@@ -135,6 +135,7 @@ def preprocess_unit(inputs: InputSet, needs: set[str], opts: PreprocOptions,
     work_dir.mkdir(parents=True, exist_ok=True)
     unit = PreprocessedUnit(inputs.unit_id, {})
     img1_role = "t2w" if opts.replace_t1 == "t2" else "t1w"
+    check_inputs(inputs, needs, img1_role)
     want_t1_space = bool(set(needs) & set(T1_SPACE_CHANNELS))
     if want_t1_space or ("swi" in needs and inputs.has(img1_role)):
         if not inputs.has(img1_role):
@@ -151,6 +152,15 @@ def preprocess_unit(inputs: InputSet, needs: set[str], opts: PreprocOptions,
     if opts.keep_model_space:
         _save_model_space(unit, inputs, work_dir / "model_space")
     return unit
+
+
+def check_inputs(inputs: InputSet, needs: set[str], img1_role: str) -> None:
+    """Read every image the unit needs before any costly step, so that a corrupt or unusable
+    file fails the unit at once (one line naming it) instead of after the T1w work."""
+    roles = {img1_role} | {CHANNEL_INFO[c][1] for c in needs if c != "t1"}
+    for role in sorted(roles):
+        if inputs.has(role):
+            load_image(inputs.image(role))
 
 
 # --- T1w space -------------------------------------------------------------------------------
