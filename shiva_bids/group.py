@@ -32,7 +32,7 @@ from shiva_bids.summary import COMPLETE, UnitSummary, find_summaries, read_summa
 log = logging.getLogger(__name__)
 
 MIN_UNITS_FOR_IQR = 10  # SHIVA.md §11
-BRAIN_VOLUME_RANGE_MM3 = (700_000.0, 2_300_000.0)  # adult brains; outside -> flag
+BRAIN_VOLUME_RANGE_MM3 = (600_000.0, 2_600_000.0)  # adult brain masks (CSF may be in)
 MAX_REGISTRATION_ROTATION_DEG = 20.0
 MAX_REGISTRATION_TRANSLATION_MM = 30.0
 GROUP_FOLDER = "group"
