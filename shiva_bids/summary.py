@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shiva_bids.bids.derivatives import unit_dir
+from shiva_bids.bids.inputs import unit_entities, unit_id
 from shiva_bids.io import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -64,14 +65,11 @@ class UnitSummary:
 
     @property
     def unit_id(self) -> str:
-        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+        return unit_id(self.subject, self.session)
 
     @property
     def entities(self) -> dict[str, str]:
-        out = {"sub": self.subject}
-        if self.session:
-            out["ses"] = self.session
-        return out
+        return unit_entities(self.subject, self.session)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

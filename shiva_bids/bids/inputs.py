@@ -11,6 +11,16 @@ MODALITY_TO_ROLE: dict[str, str] = {"t1": "t1w", "flair": "flair", "swi": "swi",
                                     "t2": "t2w"}
 
 
+def unit_id(subject: str, session: str | None) -> str:
+    """`sub-X[_ses-Y]`: the name of a unit in logs, reports and crash files."""
+    return f"sub-{subject}" + (f"_ses-{session}" if session else "")
+
+
+def unit_entities(subject: str, session: str | None) -> dict[str, str]:
+    """Source entities of a unit for derivative names (`sub`, `ses`)."""
+    return {"sub": subject, **({"ses": session} if session else {})}
+
+
 @dataclass(frozen=True)
 class InputSet:
     """Paths of one unit's inputs. Missing roles are None.
@@ -34,16 +44,11 @@ class InputSet:
 
     @property
     def unit_id(self) -> str:
-        """`sub-X[_ses-Y]`: the name used for logs, reports and crash files."""
-        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+        return unit_id(self.subject, self.session)
 
     @property
     def entities(self) -> dict[str, str]:
-        """Source entities for derivative names (`sub`, `ses`)."""
-        out = {"sub": self.subject}
-        if self.session:
-            out["ses"] = self.session
-        return out
+        return unit_entities(self.subject, self.session)
 
     def image(self, role: str) -> Path | None:
         """Path of the image with this role (`t1w`, `flair`, `swi`, `t2w`)."""
