@@ -1,0 +1,236 @@
+"""The fold-ensemble predictor for one marker (reference/SHIVA.md §4 and §17 item 8).
+
+SHIVA rule: for each fold, in descriptor order, load the model once and run one forward call
+on each whole volume; zero values < 0.001 in that fold's output; average the folds; multiply
+by the brain mask. We also keep the across-fold standard deviation (population, ddof=0) as an
+uncertainty map, masked the same way.
+
+Loading is fold-major: each fold is loaded once for *all* queued images, then released
+(`del`, Keras session cleared, garbage collected) before the next fold, so one model is in
+memory at a time and a run over N participants loads each fold once instead of N times.
+Images per forward call come from the `--mem` budget (:func:`batch_size_for`).
+
+Optional test-time augmentation `flip`: each fold also predicts the left-right mirrored
+volume (axis 0 of the RAS model grid) and the mirrored-back output is averaged with the plain
+one *before* the 0.001 rule; this doubles inference time and makes the maps left-right
+symmetric in expectation (the SHIVA models were not trained with a flip guarantee, so the
+result differs slightly from SHiVAi's; off by default).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from shiva_bids.errors import BadInputError, TemporaryError, UsageError
+from shiva_bids.models.checksums import verify_model_files
+from shiva_bids.models.descriptors import ModelDescriptor
+from shiva_bids.models.devices import configure_device, tf_device_name
+from shiva_bids.models.loaders import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+FOLD_ZERO_BELOW = 0.001  # SHIVA.md §4: per-fold values < 0.001 are set to 0
+TTA_MODES: tuple[str, ...] = ("none", "flip")
+# Peak working memory of one forward pass, bytes per input voxel: the SHIVA network (40 M
+# parameters, 160x214x176) peaks at 3.3 GiB RSS for one volume (MEASUREMENTS.md), ~2.5 GiB
+# above the process with its model loaded, i.e. ~450 B/voxel; rounded up.
+FORWARD_BYTES_PER_VOXEL = 512
+_BASE_PROCESS_GB = 1.0  # TensorFlow runtime + one SHIVA fold
+
+
+@dataclass(frozen=True)
+class EnsembleOutput:
+    """Ensemble maps of one image on the model grid (X, Y, Z), float32, masked."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def batch_size_for(mem_gb: float | None, grid: Sequence[int], n_images: int) -> int:
+    """Images per forward call under a memory budget (1 without a budget)."""
+    if not mem_gb or n_images <= 1:
+        return 1
+    per_image = float(np.prod(grid)) * FORWARD_BYTES_PER_VOXEL / 2**30
+    return int(max(1, min(n_images, (mem_gb - _BASE_PROCESS_GB) // per_image)))
+
+
+def release_memory() -> None:
+    """Drop Keras/TF graph state and collect garbage between folds."""
+    for module_name in ("keras", "tf_keras"):
+        try:
+            module = __import__(module_name)
+            module.backend.clear_session()
+        except Exception:  # noqa: BLE001 - best effort; a module may not be importable
+            pass
+    gc.collect()
+
+
+class _RunningStats:
+    """Welford mean/variance over folds (float64), fold after fold in descriptor order."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.n = 0
+        self.mean = np.zeros(shape, np.float64)
+        self.m2 = np.zeros(shape, np.float64)
+
+    def add(self, value: np.ndarray) -> None:
+        self.n += 1
+        delta = value - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (value - self.mean)
+
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.m2 / max(self.n, 1), 0.0))
+
+
+class EnsemblePredictor:
+    """Predict one marker's probability maps with its fold ensemble.
+
+    Checks every fold's md5 at construction (unless `verify_checksums` is False, which warns).
+    `input_shape`/`channels` come from the first fold without a prediction.
+    """
+
+    def __init__(self, descriptor: ModelDescriptor, device: str = "auto", threads: int = 1,
+                 mem_gb: float | None = None, tta: str = "none",
+                 verify_checksums: bool = True):
+        if tta not in TTA_MODES:
+            raise UsageError(f"--tta {tta!r}: choose from {', '.join(TTA_MODES)}")
+        self.descriptor = descriptor
+        self.tta = tta
+        self.mem_gb = mem_gb
+        self.threads = threads
+        self.device = configure_device(device, threads)
+        self.md5 = verify_model_files(descriptor, skip=not verify_checksums)
+        self.checksums_verified = verify_checksums
+        self._first: LoadedModel | None = None  # fold 0 kept from the probe until predict
+        self._meta: tuple[tuple[int | None, ...], int, str] | None = None
+
+    # --- model facts -------------------------------------------------------------------
+    def _load(self, index: int) -> LoadedModel:
+        path = self.descriptor.folds[index]
+        started = time.perf_counter()
+        model = load_model(path, self.device, self.descriptor.script_path)
+        expected = len(self.descriptor.modalities)
+        if model.channels != expected:
+            raise BadInputError(f"{path}: model takes {model.channels} channel(s) but "
+                                f"{self.descriptor.path.name} lists {expected} modalities "
+                                f"({', '.join(self.descriptor.modalities)})")
+        if self._meta is not None and model.input_shape != self._meta[0]:
+            raise BadInputError(f"{path}: input grid {model.input_shape} differs from fold 0's "
+                                f"{self._meta[0]}")
+        log.debug("loaded %s (%s) in %.1f s", path.name, model.format,
+                  time.perf_counter() - started)
+        return model
+
+    def _probe(self) -> tuple[tuple[int | None, ...], int, str]:
+        if self._meta is None:
+            self._first = self._load(0)
+            self._meta = (self._first.input_shape, self._first.channels, self._first.format)
+        return self._meta
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Model grid (X, Y, Z) read from fold 0 (SHIVA: 160x214x176); None where free."""
+        return self._probe()[0]
+
+    @property
+    def channels(self) -> int:
+        return self._probe()[1]
+
+    @property
+    def format(self) -> str:
+        return self._probe()[2]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What runs: descriptor, version, target, folds + md5s, format, TF, device (JSON)."""
+        import tensorflow as tf
+
+        d = self.descriptor
+        return {
+            "descriptor": str(d.path), "target": d.target, "version": d.version,
+            "release_date": d.release_date, "modalities": list(d.modalities),
+            "architecture": d.architecture, "url": d.url, "demo": d.is_demo,
+            "format": self.format,
+            "folds": [{"name": f.name, "md5": self.md5[f.name]} for f in d.files],
+            "checksums_verified": self.checksums_verified,
+            "input_shape": list(self.input_shape), "channels": self.channels,
+            "tensorflow_version": tf.__version__, "device": self.device,
+            "threads": self.threads, "tta": self.tta,
+            "fold_zero_below": FOLD_ZERO_BELOW, "aggregation": "mean",
+        }
+
+    # --- prediction ----------------------------------------------------------------------
+    def _check_inputs(self, images: Sequence[np.ndarray],
+                      masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        if len(images) != len(masks):
+            raise ValueError(f"{len(images)} images but {len(masks)} masks")
+        grid, channels, _ = self._probe()
+        checked = []
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            image = np.asarray(image, dtype=np.float32)
+            if image.ndim == 3 and channels == 1:
+                image = image[..., None]
+            if image.ndim != 4 or image.shape[-1] != channels:
+                raise BadInputError(f"image {i} for {self.descriptor.label}: shape "
+                                    f"{image.shape}, the model takes (X, Y, Z, {channels})")
+            if any(g is not None and g != s for g, s in zip(grid, image.shape[:3])):
+                raise BadInputError(f"image {i} for {self.descriptor.label}: grid "
+                                    f"{image.shape[:3]}, the model takes {tuple(grid)}")
+            if mask is not None and np.shape(mask) != image.shape[:3]:
+                raise BadInputError(f"mask {i}: shape {np.shape(mask)} != image grid "
+                                    f"{image.shape[:3]}")
+            checked.append(image)
+        return checked
+
+    def _forward(self, model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        try:
+            with tf.device(tf_device_name(self.device)):
+                out = model.predict(batch)
+                if self.tta == "flip":
+                    mirrored = model.predict(np.ascontiguousarray(batch[:, ::-1]))
+                    out = 0.5 * (out + mirrored[:, ::-1])
+        except tf.errors.ResourceExhaustedError as exc:
+            raise TemporaryError(
+                f"{self.descriptor.target}: out of {self.device.upper()} memory running "
+                f"{model.path.name} on {len(batch)} image(s); retry with a smaller --mem, "
+                f"fewer --nprocs, or --device cpu") from exc
+        return out
+
+    def predict(self, images: Sequence[np.ndarray],
+                masks: Sequence[np.ndarray | None]) -> list[EnsembleOutput]:
+        """Ensemble maps for each (X, Y, Z, C) image; a None mask means no masking."""
+        images = self._check_inputs(images, masks)
+        if not images:
+            return []
+        stats = [_RunningStats(im.shape[:3]) for im in images]
+        batch = batch_size_for(self.mem_gb, images[0].shape[:3], len(images))
+        for index in range(len(self.descriptor.folds)):
+            started = time.perf_counter()
+            if index == 0 and self._first is not None:
+                model, self._first = self._first, None  # already loaded by the probe
+            else:
+                model = self._load(index)
+            for start in range(0, len(images), batch):
+                chunk = np.stack(images[start:start + batch])
+                out = self._forward(model, chunk)
+                out[out < FOLD_ZERO_BELOW] = 0.0  # SHIVA.md §4, per fold
+                for offset, fold_map in enumerate(out):
+                    stats[start + offset].add(fold_map)
+            del model
+            release_memory()
+            log.info("%s fold %d/%d: %d image(s) in %.1f s", self.descriptor.target, index + 1,
+                     len(self.descriptor.folds), len(images), time.perf_counter() - started)
+        results = []
+        for stat, mask in zip(stats, masks):
+            keep = np.ones(stat.mean.shape, np.float32) if mask is None \
+                else (np.asarray(mask) > 0).astype(np.float32)
+            results.append(EnsembleOutput(mean=stat.mean.astype(np.float32) * keep,
+                                          std=stat.std().astype(np.float32) * keep))
+        return results

@@ -1,0 +1,133 @@
+"""Native-space BIDS-Derivatives of one marker for one unit (BIDS_APPS.md §2.8).
+
+Files (S = the marker's space, T1w or SWI; M = the marker):
+
+* `space-S_label-M_probseg.nii.gz`: float32 ensemble-mean probability in [0, 1];
+* `space-S_label-M_mask.nii.gz`: uint8 binary mask of the kept clusters;
+* `space-S_seg-M_dseg.nii.gz` + `_dseg.tsv`: clusters labelled 1..N and the census;
+* `space-S_desc-brain_mask.nii.gz`: the brain mask used by the outside-brain filter;
+* `space-S_seg-M_stats.tsv` + `.json`: statistics per region (not BIDS: `.bidsignore`).
+
+Every image has a JSON sidecar (`derivatives.write_sidecar` adds the software version and
+insists on `SpatialReference` for these non-standard spaces). Everything is written atomically
+through `shiva_bids.io`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from shiva_bids.bids import derivatives as deriv
+from shiva_bids.bids.inputs import InputSet
+from shiva_bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
+from shiva_bids.markers import MARKERS
+from shiva_bids.postprocessing.clusters import CONNECTIVITY, Clusters
+from shiva_bids.postprocessing.table import Table
+from shiva_bids.volume import Volume
+
+
+def marker_paths(output_dir: Path, inputs: InputSet, marker: str,
+                 space: str | None = None) -> dict[str, Path]:
+    """Output paths of one marker (keys: probseg, mask, dseg, dseg_tsv, brain_mask, stats,
+    stats_json)."""
+    space = space or MARKERS[marker].space
+    src = inputs.entities
+    path = lambda suffix, ext=".nii.gz", **e: deriv.derivative_path(  # noqa: E731
+        Path(output_dir), src, suffix, ext, space=space, **e)
+    return {
+        "probseg": path("probseg", label=marker),
+        "mask": path("mask", label=marker),
+        "dseg": path("dseg", seg=marker),
+        "dseg_tsv": path("dseg", ".tsv", seg=marker),
+        "brain_mask": path("mask", desc="brain"),
+        "stats": path("stats", ".tsv", seg=marker),
+        "stats_json": path("stats", ".json", seg=marker),
+    }
+
+
+def _nifti(volume: Volume, dtype: type):
+    """NIfTI image with spatial units set to mm (the validator warns otherwise)."""
+    img = volume.to_nifti(dtype)
+    img.header.set_xyzt_units(xyz="mm")
+    return img
+
+
+def _label_dtype(count: int) -> type:
+    return np.int16 if count <= np.iinfo(np.int16).max else np.int32
+
+
+def _extra_columns(census: Table) -> dict[str, Any]:
+    """Descriptions of the census columns beyond BIDS' own `index` and `name` (redefining
+    those is a validator warning)."""
+    return {k: v for k, v in census.data_dictionary().items() if k not in ("index", "name")}
+
+
+def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: Volume,
+                         mask: Volume | None, clusters: Clusters, census: Table, stats: Table,
+                         brain_mask: Volume, sources: Sequence[str], spatial_reference: str,
+                         provenance: Mapping[str, Any], params: Mapping[str, Any] | None = None,
+                         ) -> dict[str, Path]:
+    """Write every output of `marker` for the unit `inputs`; return their paths.
+
+    `sources`: BIDS URIs of the input images the probability map was computed from.
+    `provenance`: model name/version/checksums (stored under "Model"); a true `demo` key (or
+    `params["demo_models"]`) marks demo models. `params` may hold `min_cluster_size` (voxels
+    of the 1 mm model grid, as given by the user), `space`, `brain_mask_sources` (BIDS URIs)
+    and `description` (of the probability map).
+    """
+    params = dict(params or {})
+    output_dir = Path(output_dir)
+    spec = MARKERS[marker]
+    paths = marker_paths(output_dir, inputs, marker, params.get("space"))
+    uri = lambda key: deriv.bids_uri(paths[key], output_dir)  # noqa: E731
+    mask = mask if mask is not None else clusters.mask
+    demo = bool(params.get("demo_models", provenance.get("demo", False)))
+    common = {"SpatialReference": spatial_reference, "Manual": False, "DemoModels": demo}
+    filtering = {
+        "Threshold": clusters.threshold,
+        "ThresholdRule": "probability > Threshold (strict)",
+        "MinimumClusterSizeVoxels1mm": params.get("min_cluster_size"),
+        "MinimumClusterVolume": clusters.min_size_mm3,
+        "MinimumClusterVolumeUnits": "mm^3",
+        "Connectivity": CONNECTIVITY,
+        "MaxOutsideBrainFraction": clusters.max_outside_fraction,
+        "RemovedSmallClusters": clusters.removed_small,
+        "RemovedOutsideBrainClusters": clusters.removed_outside,
+    }
+
+    atomic_save_nifti(_nifti(brain_mask.with_data(brain_mask.data > 0), np.uint8),
+                      paths["brain_mask"])
+    deriv.write_sidecar(paths["brain_mask"], {
+        "Type": "Brain", "Description": "Brain mask on the native grid of the reference image",
+        "Sources": list(params.get("brain_mask_sources", sources)), **common})
+
+    probability = np.clip(np.nan_to_num(prob.data.astype(np.float32)), 0.0, 1.0)
+    atomic_save_nifti(_nifti(prob.with_data(probability), np.float32), paths["probseg"])
+    deriv.write_sidecar(paths["probseg"], {
+        "Description": params.get("description",
+                                  f"{spec.description}: ensemble-mean probability"),
+        "Sources": list(sources), "Model": dict(provenance), **common})
+
+    atomic_save_nifti(_nifti(mask.with_data(mask.data > 0), np.uint8),
+                      paths["mask"])
+    deriv.write_sidecar(paths["mask"], {
+        "Type": spec.mask_type,
+        "Description": f"{spec.description}: clusters of the probability map kept by the "
+                       "size and outside-brain filters",
+        "Sources": [uri("probseg"), uri("brain_mask")], **filtering, **common})
+
+    atomic_save_nifti(_nifti(clusters.labels, _label_dtype(clusters.count)), paths["dseg"])
+    atomic_write_text(paths["dseg_tsv"], census.to_tsv())
+    deriv.write_sidecar(paths["dseg"], {
+        "Description": f"{spec.description}: clusters labelled 1..N (see the _dseg.tsv)",
+        "Sources": [uri("probseg"), uri("brain_mask")], "ClusterCount": clusters.count,
+        "RegionSource": stats.metadata.get("RegionSource", "none"),
+        **filtering, **common, **_extra_columns(census)})
+
+    atomic_write_text(paths["stats"], stats.to_tsv())
+    atomic_write_json(paths["stats_json"], {**stats.data_dictionary(), "Marker": marker,
+                                            "Sources": [uri("dseg")]})
+    deriv.ensure_bidsignore(output_dir, deriv.NON_BIDS_PATTERNS)
+    return paths

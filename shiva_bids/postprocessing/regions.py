@@ -1,0 +1,286 @@
+"""Region maps in native space and the assignment of clusters to regions.
+
+Sources, in order of preference (issue #6):
+
+1. a FreeSurfer-style segmentation (`--derivatives`): the derived parcellation
+   (reference/SHIVA.md §9.1, `parcellation.py`) mapped to the marker's scheme (§9.3: PVS, WMH,
+   MARS), hemispheres separate;
+2. an atlas in template space warped into native space with ANTs transforms (its own labels,
+   split into hemispheres on the template's x = 0 plane when asked);
+3. nothing: whole-brain statistics only (`RegionMap.source == "none"`).
+
+Cluster assignment (§9.2): winner-takes-all over the cluster's voxels; background (0) never
+wins. SHiVAi breaks ties with an unseeded random draw; shiva-bids takes the **lowest region
+label** among the tied ones, so results are deterministic. WMH priority (§9.2, segmentation
+source only): a cluster touching Left or Right PV WM goes to whichever of the two it overlaps
+more (tie: left), overriding the vote.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from shiva_bids.postprocessing import parcellation as parc
+from shiva_bids.postprocessing.grids import resample_nearest, same_grid
+from shiva_bids.volume import Volume
+
+SCHEMES: tuple[str, ...] = ("pvs", "wmh", "mars")
+WHOLE_BRAIN = "Whole brain"
+SIDES = ("Left", "Right")
+
+# §9.3 schemes: (region name, derived labels of the left hemisphere). Region labels are
+# 1..k for the left, k+1..2k for the right, 2k+1 for the brainstem (SHiVAi's numbering).
+# 61-64 are shiva-bids' unparcellated-cortex labels (parcellation.py).
+_LOBAR_GM_JC = (1, 2, 5, 6, 9, 10, 13, 14)
+_LOBAR_DEEP = (3, 7, 11, 15)
+_LOBAR_PV = (4, 8, 12, 16)
+SCHEME_TABLES: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
+    "pvs": (
+        ("Deep WM", tuple(range(1, 17)) + (46, 61, 62, 63, 64)),
+        ("Basal Gang.", (17, 40, 41, 44, 45, 78, 79, 80)),
+        ("Hippoc.", (43,)),
+        ("Cerebellar", (47,)),
+        ("Ventral DC", (42,)),
+    ),
+    "wmh": (
+        ("Shallow WM", _LOBAR_GM_JC + (17, 45, 61, 62)),
+        ("Deep WM", _LOBAR_DEEP + (44, 46, 40, 41, 63)),
+        ("PV WM", _LOBAR_PV + (78, 79, 80, 64)),
+        ("Cerebellar", (47,)),
+    ),
+    # SHiVAi puts internal-capsule PV (80) in "Insula" (SHIVA.md §9.3, §14 item 9, a slip);
+    # shiva-bids puts it in "Int. Caps.". "Lobar" holds unparcellated cortex (no Desikan).
+    "mars": (
+        ("Frontal", (1, 2)),
+        ("Parietal", (5, 6)),
+        ("Temporal", (9, 10)),
+        ("Occipital", (13, 14)),
+        ("Insula", (17,)),
+        ("Basal Gang.", (40, 78)),
+        ("Thalamus", (41, 79)),
+        ("Ventral DC", (42,)),
+        ("Hippoc.", (43,)),
+        ("Int. Caps.", (44, 80)),
+        ("Ext. Caps.", (45,)),
+        ("Corp. Call.", (46,)),
+        ("D&PV WM", _LOBAR_DEEP + _LOBAR_PV + (63, 64)),
+        ("Cerebellum", (47,)),
+        ("Lobar", (61, 62)),
+    ),
+}
+# Regions that exist only for some segmentations (dropped from names when not applicable).
+_UNPARCELLATED_ONLY = {"Lobar"}
+_PARCELLATED_ONLY = {"Frontal", "Parietal", "Temporal", "Occipital"}
+# WMH priority regions (§9.2): Left/Right PV WM.
+WMH_PRIORITY_REGION = "PV WM"
+
+
+@dataclass(frozen=True)
+class RegionMap:
+    """Integer region labels on the native grid and their names.
+
+    `source` is "dseg:<path or name>", "atlas:<name>" or "none". `brain_without_csf` is the
+    "inside the brain" mask for the outside-brain cluster filter when the region source
+    knows where CSF is (a segmentation); None otherwise (use the brain mask).
+    `priority` lists region labels that override the vote (WMH periventricular rule).
+    """
+
+    labels: Volume
+    names: Mapping[int, str]
+    source: str
+    scheme: str
+    brain_without_csf: Volume | None = None
+    priority: tuple[int, ...] = ()
+
+    @property
+    def whole_brain_only(self) -> bool:
+        return self.source == "none"
+
+    def name(self, label: int) -> str:
+        """Region name of a label (SHiVAi's `Label_<n>` for unknown labels, "n/a" for 0)."""
+        if label == 0:
+            return "n/a"
+        return self.names.get(int(label), f"Label_{int(label)}")
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """A labelled atlas in template space and how to bring it to the native grid.
+
+    `transforms` is an ANTs transform list (as for `ants.apply_transforms`, template ->
+    native); empty means the atlas and the native image share world coordinates.
+    `lateralize` splits every label into Left/Right on the template's x = 0 plane.
+    """
+
+    image: Volume | Path
+    names: Mapping[int, str]
+    name: str
+    transforms: Sequence[str] = field(default_factory=tuple)
+    lateralize: bool = True
+
+
+def scheme_names(scheme: str, parcellated: bool = True) -> dict[int, str]:
+    """Region label -> name of a §9.3 scheme (SHiVAi order; brainstem last)."""
+    table = SCHEME_TABLES[scheme]
+    skip = _PARCELLATED_ONLY if not parcellated else _UNPARCELLATED_ONLY
+    regions = [name for name, _ in table if name not in skip]
+    names = {i + 1: f"Left {r}" for i, r in enumerate(regions)}
+    names.update({i + 1 + len(regions): f"Right {r}" for i, r in enumerate(regions)})
+    names[2 * len(regions) + 1] = "Brainstem"
+    return names
+
+
+def scheme_from_derived(derived: np.ndarray, scheme: str,
+                        parcellated: bool = True) -> tuple[np.ndarray, dict[int, str]]:
+    """Map derived-parcellation labels (§9.1) to a scheme's region labels (§9.3)."""
+    if scheme not in SCHEME_TABLES:
+        raise ValueError(f"unknown region scheme {scheme!r} (expected one of {SCHEMES})")
+    names = scheme_names(scheme, parcellated)
+    by_name = {v: k for k, v in names.items()}
+    lut = np.zeros(max(int(derived.max(initial=0)), 100) + 1, dtype=np.int16)
+    for region, codes in SCHEME_TABLES[scheme]:
+        for side_index, side in enumerate(SIDES):
+            label = by_name.get(f"{side} {region}")
+            if label is None:
+                continue
+            for code in codes:
+                lut[code if side_index == 0 else parc.right_of(code)] = label
+    lut[parc.D_BRAINSTEM] = by_name["Brainstem"]
+    return lut[derived], names
+
+
+def _regions_from_dseg(scheme: str, reference: Volume, dseg: Volume, source: str,
+                       derived: Volume | None) -> RegionMap:
+    derived = derived if derived is not None else derived_cached(dseg)
+    parcellated = parc.has_cortical_parcels(dseg)
+    labels, names = scheme_from_derived(derived.data, scheme, parcellated)
+    native = resample_nearest(derived.with_data(labels), reference)
+    priority: tuple[int, ...] = ()
+    if scheme == "wmh":
+        priority = tuple(k for k, v in names.items() if v.endswith(WMH_PRIORITY_REGION))
+    inside = native.with_data((native.data > 0).astype(np.uint8))
+    return RegionMap(native, names, source, scheme, inside, priority)
+
+
+_DERIVED_CACHE: dict[str, tuple[Volume, Volume]] = {}
+
+
+def derived_cached(dseg: Volume) -> Volume:
+    """`derived_parcellation(dseg)`, remembered for the last segmentation seen, so that the
+    three schemes of one participant derive it once. The cache holds the Volume itself, so its
+    identity cannot be reused while cached."""
+    hit = _DERIVED_CACHE.get("last")
+    if hit is not None and hit[0] is dseg:
+        return hit[1]
+    derived = parc.derived_parcellation(dseg)
+    _DERIVED_CACHE["last"] = (dseg, derived)
+    return derived
+
+
+def _load(image: Volume | Path) -> Volume:
+    if isinstance(image, Volume):
+        return image
+    return Volume.from_nifti(nib.load(str(image)), dtype=np.int32)
+
+
+def lateralize(atlas: Volume, names: Mapping[int, str]) -> tuple[Volume, dict[int, str]]:
+    """Split each label into Left (x < 0, RAS) and Right (x >= 0): label L -> 2L-1 / 2L."""
+    data = np.rint(atlas.data).astype(np.int32)
+    ijk = np.indices(data.shape[:3]).reshape(3, -1)
+    x = (atlas.affine[0, :3] @ ijk + atlas.affine[0, 3]).reshape(data.shape[:3])
+    out = np.where(data > 0, 2 * data - (x < 0), 0).astype(np.int32)
+    new_names: dict[int, str] = {}
+    for label, name in names.items():
+        new_names[2 * label - 1] = f"Left {name}"
+        new_names[2 * label] = f"Right {name}"
+    return atlas.with_data(out), new_names
+
+
+def warp_atlas(atlas: Volume | Path, reference: Volume,
+               transforms: Sequence[str] = ()) -> Volume:
+    """Labels of `atlas` on the grid of `reference` (nearest neighbour / ANTs genericLabel).
+
+    With no transforms the atlas is resampled through world coordinates; otherwise
+    `ants.apply_transforms(fixed=reference, moving=atlas, transformlist=transforms)`.
+    """
+    atlas = _load(atlas)
+    if not transforms:
+        return resample_nearest(atlas, reference)
+    import ants  # heavy import, only for this path
+
+    with tempfile.TemporaryDirectory(prefix="shiva-atlas-") as tmp:
+        fixed_path = os.path.join(tmp, "fixed.nii.gz")
+        moving_path = os.path.join(tmp, "moving.nii.gz")
+        nib.save(reference.with_data(np.zeros(reference.shape[:3], np.float32)).to_nifti(),
+                 fixed_path)
+        nib.save(atlas.to_nifti(np.float32), moving_path)
+        warped = ants.apply_transforms(fixed=ants.image_read(fixed_path),
+                                       moving=ants.image_read(moving_path),
+                                       transformlist=list(transforms),
+                                       interpolator="genericLabel")
+        out_path = os.path.join(tmp, "warped.nii.gz")
+        ants.image_write(warped, out_path)
+        data = np.rint(np.asarray(nib.load(out_path).dataobj)).astype(np.int32)
+    return reference.with_data(data)
+
+
+def _regions_from_atlas(scheme: str, reference: Volume, atlas: Atlas,
+                        brain: Volume | None) -> RegionMap:
+    image, names = _load(atlas.image), dict(atlas.names)
+    if atlas.lateralize:
+        image, names = lateralize(image, names)
+    native = warp_atlas(image, reference, atlas.transforms)
+    data = native.data
+    if brain is not None:
+        data = np.where(brain.data > 0, data, 0)
+    return RegionMap(reference.with_data(data.astype(np.int32)), names,
+                     f"atlas:{atlas.name}", scheme)
+
+
+def build_regions(scheme: str, reference: Volume, dseg: Volume | None = None,
+                  atlas: Atlas | None = None, brain: Volume | None = None,
+                  dseg_source: str = "segmentation",
+                  derived: Volume | None = None) -> RegionMap:
+    """Region map of a marker's `scheme` on the `reference` grid (see module doc).
+
+    `dseg_source` names the segmentation in `RegionMap.source` (give its path or BIDS URI).
+    `derived` may pass a precomputed `parcellation.derived_parcellation(dseg)`.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown region scheme {scheme!r} (expected one of {SCHEMES})")
+    if dseg is not None:
+        return _regions_from_dseg(scheme, reference, dseg, f"dseg:{dseg_source}", derived)
+    if atlas is not None:
+        return _regions_from_atlas(scheme, reference, atlas, brain)
+    zeros = reference.with_data(np.zeros(reference.shape[:3], dtype=np.int16))
+    return RegionMap(zeros, {}, "none", scheme)
+
+
+def assign_regions(cluster_labels: np.ndarray, count: int, regions: RegionMap) -> np.ndarray:
+    """Region label of each cluster 1..count (array index 0 = cluster 1); 0 = no region.
+
+    Winner-takes-all, ties -> lowest label, background never wins, then the priority rule.
+    """
+    if not same_grid(regions.labels, Volume(cluster_labels, regions.labels.affine)):
+        raise ValueError("clusters and regions are not on the same grid")
+    inside = cluster_labels > 0
+    cluster = cluster_labels[inside].astype(np.int64)
+    values, region = np.unique(regions.labels.data[inside], return_inverse=True)
+    n_regions = len(values)
+    votes = np.bincount(cluster * n_regions + region.ravel(),
+                        minlength=(count + 1) * n_regions).reshape(count + 1, n_regions)[1:]
+    votes[:, values == 0] = 0
+    winner = values[np.argmax(votes, axis=1)]  # argmax: first (lowest label) among ties
+    winner[votes.max(axis=1, initial=0) == 0] = 0
+    priority = [i for i, v in enumerate(values) if v in set(regions.priority)]
+    if priority:
+        pv_votes = votes[:, priority]
+        touched = pv_votes.max(axis=1) > 0
+        winner[touched] = values[np.asarray(priority)[np.argmax(pv_votes[touched], axis=1)]]
+    return winner.astype(np.int32)

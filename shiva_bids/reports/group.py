@@ -1,0 +1,90 @@
+"""The group report: `output_dir/group_report.html`, self-contained.
+
+Distributions of every marker's load per region (box plot with the units as points), and a
+table of units with links to their reports, QC-flagged units first.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from shiva_bids import __version__  # noqa: E402
+from shiva_bids.io import atomic_write_text  # noqa: E402
+from shiva_bids.markers import MARKER_NAMES  # noqa: E402
+from shiva_bids.reports.render import Figure, environment, stylesheet  # noqa: E402
+
+MAX_POINTS = 2000  # strip-plot points drawn per box (a random, seeded subset beyond that)
+
+
+def _distribution_png(marker: str, columns: dict[str, np.ndarray]) -> bytes:
+    """Box plot per region with the units drawn as jittered points (log1p volume)."""
+    rng = np.random.default_rng(0)
+    names = list(columns)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.2))
+    data = [np.log1p(columns[n][np.isfinite(columns[n])]) for n in names]
+    ax.boxplot(data, showfliers=False)
+    for position, values in enumerate(data, start=1):
+        if values.size > MAX_POINTS:
+            values = rng.choice(values, MAX_POINTS, replace=False)
+        ax.scatter(position + rng.uniform(-0.15, 0.15, values.size), values, s=6,
+                   alpha=0.5, color="#c0392b")
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("log(1 + volume mm³)")
+    ax.set_title(f"{marker} load per region", fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _marker_columns(rows: Sequence[dict], marker: str) -> dict[str, np.ndarray]:
+    """Region name -> volume per unit, for the marker's total and each region column."""
+    wanted = [f"{marker}_volume_mm3"] + sorted(
+        {c for r in rows for c in r if c.startswith(f"{marker}_") and c.endswith("_volume_mm3")
+         and c != f"{marker}_volume_mm3"})
+    result = {}
+    for column in wanted:
+        values = np.array([float(r[column]) if isinstance(r.get(column), (int, float))
+                           else np.nan for r in rows])
+        if np.isfinite(values).any():
+            label = "total" if column == f"{marker}_volume_mm3" else \
+                column[len(marker) + 1:-len("_volume_mm3")]
+            result[label] = values
+    return result
+
+
+def _display_row(row: dict) -> dict:
+    unit = row["participant_id"] + ("" if row["session_id"] == "n/a" else f"_{row['session_id']}")
+    shown = {"unit": unit, "report": f"{unit}.html", "flags": row.get("qc_flags", ""),
+             "brain": f"{row['brain_volume_mm3'] / 1000:.0f}"
+             if isinstance(row.get("brain_volume_mm3"), (int, float)) else "–"}
+    for marker in MARKER_NAMES:
+        if row.get(f"{marker}_status") == "done":
+            shown[f"{marker}_n"] = row[f"{marker}_n_clusters"]
+            shown[f"{marker}_v"] = f"{row[f'{marker}_volume_mm3']:.1f}"
+    return shown
+
+
+def render_group_report(output_dir: Path, rows: Sequence[dict], failed: dict[str, Path],
+                        incomplete: Sequence[str], min_units_for_iqr: int) -> Path:
+    """Write `output_dir/group_report.html` from the group rows (with `qc_flags`)."""
+    ordered = sorted(rows, key=lambda r: (not r.get("qc_flags"), r["participant_id"],
+                                          r["session_id"]))
+    markers = [m for m in MARKER_NAMES if any(r.get(f"{m}_status") == "done" for r in rows)]
+    figures = [Figure.from_png(f"{m} load per region",
+                               _distribution_png(m, _marker_columns(rows, m)))
+               for m in markers if _marker_columns(rows, m)]
+    page = environment().get_template("group.html").render(
+        css=stylesheet(), version=__version__, rows=[_display_row(r) for r in ordered],
+        markers=markers, figures=figures,
+        failed={k: str(v.relative_to(output_dir)) for k, v in failed.items()},
+        incomplete=list(incomplete), n_flagged=sum(bool(r.get("qc_flags")) for r in rows),
+        demo=any(r.get("demo_models") for r in rows), min_iqr=min_units_for_iqr)
+    return atomic_write_text(output_dir / "group_report.html", page)

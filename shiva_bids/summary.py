@@ -1,0 +1,122 @@
+"""The per-unit summary record: what was run on one participant/session and what it found.
+
+It is written last, after every output file of the unit, so its presence with
+``status == "complete"`` is the completion record (DESIGN.md "Conventions"): a rerun skips the
+unit, the group level reads it, and ``--reports-only`` rebuilds the report from it. A unit
+killed half-way has no summary and is redone by the next run.
+
+File: ``sub-X[/ses-Y]/sub-X[_ses-Y]_summary.json`` (not a BIDS suffix: listed in .bidsignore).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shiva_bids.bids.derivatives import unit_dir
+from shiva_bids.io import atomic_write_json
+
+SCHEMA_VERSION = 1
+COMPLETE = "complete"
+
+
+@dataclass
+class MarkerSummary:
+    """What one marker produced (or why it was skipped) for one unit."""
+
+    marker: str
+    status: str  # "done" or "skipped"
+    reason: str = ""  # why skipped
+    space: str = ""
+    threshold: float | None = None
+    min_cluster_size_mm3: float | None = None
+    n_clusters: int = 0
+    total_volume_mm3: float = 0.0
+    regions: dict[str, dict[str, float]] = field(default_factory=dict)  # region -> stats
+    region_source: str = "none"
+    model: dict[str, Any] = field(default_factory=dict)  # provenance from the model layer
+    files: dict[str, str] = field(default_factory=dict)  # kind -> path relative to output_dir
+
+
+@dataclass
+class UnitSummary:
+    """Everything the group level and the report need about one participant/session."""
+
+    subject: str
+    session: str | None
+    status: str
+    software_version: str
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> BIDS URI
+    input_choices: dict[str, str] = field(default_factory=dict)
+    brain_mask_method: str = ""
+    brain_volume_mm3: float | None = None
+    markers: dict[str, MarkerSummary] = field(default_factory=dict)
+    qc: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    demo_models: bool = False
+    runtime_s: float | None = None
+    pipeline: str = "shiva"
+    extra: dict[str, Any] = field(default_factory=dict)  # pipeline-specific values (fetal)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def unit_id(self) -> str:
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+    @property
+    def entities(self) -> dict[str, str]:
+        out = {"sub": self.subject}
+        if self.session:
+            out["ses"] = self.session
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "UnitSummary":
+        data = dict(payload)
+        data["markers"] = {name: MarkerSummary(**m) for name, m in data.get("markers", {}).items()}
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def summary_path(output_dir: Path, entities: dict[str, str]) -> Path:
+    """Where the summary of a unit lives (next to its `anat/` folder)."""
+    folder = unit_dir(output_dir, entities).parent
+    stem = f"sub-{entities['sub']}" + (f"_ses-{entities['ses']}" if entities.get("ses") else "")
+    return folder / f"{stem}_summary.json"
+
+
+def write_summary(output_dir: Path, summary: UnitSummary) -> Path:
+    """Write the summary atomically; call it last for a unit."""
+    return atomic_write_json(summary_path(output_dir, summary.entities), summary.to_json())
+
+
+def read_summary(path: Path) -> UnitSummary:
+    """Read one summary file (raises ValueError on a malformed file)."""
+    try:
+        return UnitSummary.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path}: not a shiva-bids summary ({exc})") from exc
+
+
+def is_complete(output_dir: Path, entities: dict[str, str]) -> bool:
+    """True when the unit has a complete summary (its outputs can be trusted)."""
+    path = summary_path(output_dir, entities)
+    if not path.is_file():
+        return False
+    try:
+        return read_summary(path).status == COMPLETE
+    except ValueError:
+        return False
+
+
+def find_summaries(output_dir: Path) -> list[Path]:
+    """Every unit summary under `output_dir`, sorted (sub-*/ and sub-*/ses-*/)."""
+    found = list(output_dir.glob("sub-*/sub-*_summary.json"))
+    found += output_dir.glob("sub-*/ses-*/sub-*_summary.json")
+    return sorted(found)
