@@ -33,7 +33,7 @@ def _steps(values: Sequence[str], markers: Sequence[str]) -> dict[str, int]:
     return steps
 
 
-def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str]:
+def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str, Path | None]:
     parser = argparse.ArgumentParser(prog="python -m shiva_bids.training",
                                      description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="models folder to write")
@@ -49,52 +49,65 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str]:
     parser.add_argument("--steps", nargs="+", default=["300"],
                         help="N for every marker, or MARKER=N pairs")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--warm-start-fraction", type=float, default=0.5,
+                        help="folds > 0 start from fold 0 and train this fraction of the steps")
     parser.add_argument("--base-filters", type=int, default=8)
     parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--max-seconds", type=float, nargs="+", default=None,
+                        help="wall-time budget per fold (one value, or one per fold): a fold "
+                             "stops early when it is spent; the steps run are logged, so the "
+                             "run can be repeated exactly with --steps")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep generated phantoms here and reuse them in later runs")
     parser.add_argument("--release-date", default=datetime.date.today().strftime("%d/%m/%Y"),
                         help="dd/mm/yyyy written in the descriptors")
     args = parser.parse_args(argv)
     config = TrainConfig(seed=args.seed, markers=tuple(args.markers), folds=args.folds,
                          n_phantoms=args.n_phantoms, loads=tuple(args.loads), patch=args.patch,
                          batch=args.batch, steps=_steps(args.steps, args.markers),
-                         learning_rate=args.learning_rate, base_filters=args.base_filters,
+                         learning_rate=args.learning_rate,
+                         warm_start_fraction=args.warm_start_fraction,
+                         max_seconds=tuple(args.max_seconds) if args.max_seconds else None,
+                         base_filters=args.base_filters,
                          depth=args.depth)
     seeds = config.phantom_seeds()
     if seeds[0] not in TRAIN_SEEDS or seeds[-1] not in TRAIN_SEEDS:
         parser.error(f"phantom seeds {seeds[0]}-{seeds[-1]} leave the training range "
                      f"{TRAIN_SEEDS.start}-{TRAIN_SEEDS.stop - 1}")
-    return config, args.out, args.release_date
+    return config, args.out, args.release_date, args.cache_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, out, release_date = parse_args(sys.argv[1:] if argv is None else argv)
+    config, out, release_date, cache_dir = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(1)
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
     started = time.monotonic()
     phantoms = dict(zip(config.phantom_seeds(), make_phantoms(config.phantom_seeds(),
-                                                              list(config.loads))))
+                                                              list(config.loads), cache_dir)))
     log.info("%d phantoms in %.0f s", len(phantoms), time.monotonic() - started)
-    record = {"config": {**config.__dict__, "markers": list(config.markers)}, "folds": []}
     for marker in config.markers:
+        record = {"config": {**config.__dict__, "markers": [marker]}, "folds": []}
         volumes = {seed: phantom_for_marker(p, marker) for seed, p in phantoms.items()}
         names = ModelSetName(marker, tuple(volumes[config.seed].channels))
-        fold_names = []
+        fold_names, first = [], None
         for fold in range(config.folds):
-            result = train_fold(marker, fold, volumes, config)
+            result = train_fold(marker, fold, volumes, config, first)
+            first = first or result.model
             fold_name = names.fold_name(result.spec, fold)
             export_savedmodel(result.model, result.spec, out / fold_name)
             fold_names.append(fold_name)
             record["folds"].append({
                 "marker": marker, "fold": fold, "name": fold_name,
                 "train_seeds": result.train_seeds, "validation_seeds": result.validation_seeds,
-                "seconds": round(result.seconds, 1), "final_loss": round(result.final_loss, 4),
-                "validation_voxel_dice": round(result.validation_dice, 4)})
+                "steps": result.steps, "seconds": round(result.seconds, 1),
+                "final_loss": round(result.final_loss, 4)})
         write_descriptor(out, names, result.spec, fold_names, release_date)
-    record["total_seconds"] = round(time.monotonic() - started, 1)
-    atomic_write_text(out / "training_log.json", json.dumps(record, indent=2) + "\n")
-    log.info("all done in %.0f s -> %s", record["total_seconds"], out)
+        record["seconds"] = round(sum(f["seconds"] for f in record["folds"]), 1)
+        atomic_write_text(out / names.folder / "training_log.json",
+                          json.dumps(record, indent=2) + "\n")
+    log.info("all done in %.0f s -> %s", time.monotonic() - started, out)
     return 0
 
 

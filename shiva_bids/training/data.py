@@ -11,9 +11,11 @@ Seed ranges (docs/demo.md): training phantoms use seeds 1000-8999, held-out eval
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from shiva_bids.io import atomic_path
 from shiva_bids.markers import MARKERS, SHIVA_MODEL_SHAPE
 
 TRAIN_SEEDS = range(1000, 9000)
@@ -43,13 +45,45 @@ def phantom_for_marker(sample, marker: str) -> Volume4D:
                     np.asarray(sample.brain_mask, dtype=np.uint8), marker_channels(marker))
 
 
-def make_phantoms(seeds: list[int], loads: list[str],
-                  shape: tuple[int, int, int] = SHIVA_MODEL_SHAPE) -> list:
-    """Model-space phantoms for `seeds`, cycling through the lesion `loads`."""
+@dataclass(frozen=True)
+class Phantom:
+    """The parts of a model-space phantom that training uses."""
+
+    images: dict[str, np.ndarray]
+    brain_mask: np.ndarray
+    masks: dict[str, np.ndarray]
+
+
+def make_phantom(seed: int, load: str, cache_dir: Path | None = None,
+                 shape: tuple[int, int, int] = SHIVA_MODEL_SHAPE) -> Phantom:
+    """The model-space phantom of `seed`, read from `cache_dir` when it was made before.
+
+    Generating one takes seconds to tens of seconds on a busy CPU; training several markers
+    in separate runs reuses the same phantoms through the cache.
+    """
+    cached = cache_dir / f"phantom_{seed}_{load}_{'x'.join(map(str, shape))}.npz" \
+        if cache_dir else None
+    if cached is not None and cached.is_file():
+        with np.load(cached) as data:
+            return Phantom({k[4:]: data[k] for k in data.files if k.startswith("img_")},
+                           data["brain_mask"],
+                           {k[5:]: data[k] for k in data.files if k.startswith("mask_")})
     from shiva_bids.synthetic import model_space_sample  # the generator of issue 3
 
-    return [model_space_sample(seed, load=loads[i % len(loads)], shape=shape)
-            for i, seed in enumerate(seeds)]
+    sample = model_space_sample(seed, load=load, shape=shape)
+    phantom = Phantom(dict(sample.images), sample.brain_mask, dict(sample.masks))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            np.savez(tmp, brain_mask=phantom.brain_mask,
+                     **{f"img_{k}": v for k, v in phantom.images.items()},
+                     **{f"mask_{k}": v for k, v in phantom.masks.items()})
+    return phantom
+
+
+def make_phantoms(seeds: list[int], loads: list[str], cache_dir: Path | None = None) -> list:
+    """Model-space phantoms for `seeds`, cycling through the lesion `loads`."""
+    return [make_phantom(seed, loads[i % len(loads)], cache_dir) for i, seed in enumerate(seeds)]
 
 
 class PatchSampler:

@@ -7,12 +7,11 @@ The descriptor `model_info_*.json` has the published keys in the published order
 written like the published files (2-space indent, key order kept, trailing newline), plus
 `"demo": true` and a description saying what these models are.
 
-Checksums follow §2.3: for a SavedModel directory, the md5 of the contents of all files under
-it, sorted by relative path and concatenated (file names are not hashed).
+Checksums follow §2.3 (:func:`shiva_bids.models.checksums.md5_of_path`, the rule the model
+layer verifies with).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ import tensorflow as tf
 
 from shiva_bids.io import atomic_write_text
 from shiva_bids.markers import SHIVA_MODEL_SHAPE
+from shiva_bids.models.checksums import md5_of_path
 from shiva_bids.training.unet import UNetSpec, predict_padded
 
 DEMO_AUTHOR = "shiva-bids developers"
@@ -57,16 +57,6 @@ class ModelSetName:
         channels = "_".join(m.upper() for m in self.modalities)
         return (f"{self.folder}/{spec.architecture}-{channels}.{self.marker}"
                 f"_demo_fold_{fold}.tf_inference")
-
-
-def savedmodel_md5(path: Path) -> str:
-    """md5 of a SavedModel directory as SHiVAi computes it (SHIVA.md §2.3)."""
-    digest = hashlib.md5()
-    files = sorted((p for p in Path(path).rglob("*") if p.is_file()),
-                   key=lambda p: p.relative_to(path).as_posix())
-    for file in files:
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def export_savedmodel(model: keras.Model, spec: UNetSpec, path: Path) -> Path:
@@ -120,6 +110,6 @@ def descriptor_payload(name: ModelSetName, spec: UNetSpec, files: list[tuple[str
 def write_descriptor(models_dir: Path, name: ModelSetName, spec: UNetSpec,
                      fold_names: list[str], release_date: str) -> Path:
     """Checksum the exported folds and write `models_dir/<descriptor>` (dd/mm/yyyy date)."""
-    files = [(fold, savedmodel_md5(models_dir / fold)) for fold in fold_names]
+    files = [(fold, md5_of_path(models_dir / fold)) for fold in fold_names]
     payload = descriptor_payload(name, spec, files, release_date)
     return atomic_write_text(models_dir / name.descriptor, json.dumps(payload, indent=2) + "\n")
