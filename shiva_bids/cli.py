@@ -38,7 +38,8 @@ EXIT_CODES_HELP = """exit codes:
   18  the participant/session labels or filters selected nothing
   64  command-line usage error
   65  bad input data (corrupt, 4D, constant image, ...)
-  66  input missing or unreadable
+  66  input missing or unreadable, or a selected participant/session lacks its T1w
+      (it is skipped; the others are processed)
   73  the output or work folder cannot be created or written
   75  temporary failure (e.g. GPU out of memory): retrying may succeed
 """
@@ -73,14 +74,15 @@ def _expand_labels(values: Sequence[str] | None, prefix: str, what: str) -> tupl
     if not values:
         return ()
     if len(values) == 1 and Path(values[0]).is_file():
+        file = values[0]
         try:
-            text = Path(values[0]).read_text()
+            text = Path(file).read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{values[0]}: cannot read the {what} file ({exc})") from exc
+            raise UsageError(f"{file}: cannot read the {what} file ({exc})") from exc
         values = [line.strip() for line in text.splitlines() if line.strip()
                   and not line.startswith("#")]
         if not values:
-            raise UsageError(f"{values and values[0] or what} file is empty")
+            raise UsageError(f"{file}: the {what} file is empty")
     strip = _strip(prefix)
     labels: list[str] = []
     for value in values:
@@ -185,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                      help="participants to process (`sub-` optional), or a file with one label "
                           "per line; default: all")
-    sel.add_argument("--session-label", "--session_label", "--session-id", nargs="+",
+    sel.add_argument("--session-label", "--session_label", "--session-id", "--session_id",
+                     nargs="+",
                      metavar="LABEL",
                      help="sessions to process (`ses-` optional), or a file; default: all")
     sel.add_argument("--bids-filter-file", "--bids_filter_file", metavar="FILE",
@@ -356,7 +359,13 @@ def _verbosity_hint(argv: Sequence[str]) -> int:
 
 def _dispatch_subcommand(argv: Sequence[str]) -> int:
     module_name, _, function = SUBCOMMANDS[argv[0]].partition(":")
-    return int(getattr(importlib.import_module(module_name), function)(list(argv[1:])))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # a dependency of the command is missing: a real bug, keep the traceback
+        raise UsageError(f"`{PROG} {argv[0]}` is not available in this version") from exc
+    return int(getattr(module, function)(list(argv[1:])))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,11 +50,13 @@ def atomic_write_json(path: Path | str, payload: Any) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_save_nifti(img: nib.Nifti1Image, path: Path | str) -> Path:
+def atomic_save_nifti(img: nib.Nifti1Image, path: Path | str, compresslevel: int = 6) -> Path:
     """Save a NIfTI image atomically; `.nii.gz` is compressed with a fixed header.
 
     The gzip header carries no file name and a zero mtime, so the same image always gives the
     same bytes (DESIGN.md "Determinism"); `nib.save` would store the temporary name.
+    `compresslevel` (1-9) trades size for speed: level 1 is ~2.5x faster than 6 on mostly-zero
+    maps for ~10 % larger files.
     """
     path = Path(path)
     raw = img.to_bytes()
@@ -62,7 +64,7 @@ def atomic_save_nifti(img: nib.Nifti1Image, path: Path | str) -> Path:
         with open(tmp, "wb") as handle:
             if path.name.endswith(".gz"):
                 with gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0,
-                                   compresslevel=6) as gz:
+                                   compresslevel=compresslevel) as gz:
                     gz.write(raw)
             else:
                 handle.write(raw)

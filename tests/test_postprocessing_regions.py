@@ -107,7 +107,9 @@ def test_wm_hypointensities_join_the_wm_they_touch_most():
     data[10:12] = 2028
     derived = derived_parcellation(Volume(data, np.eye(4)))
     blob = derived.data[4:7, 2:4, 2:4]
-    assert np.all((blob >= 1) & (blob <= 4))  # left frontal WM codes
+    # left frontal WM codes, or left callosum: the two WMs touch, as at a SynthSeg callosum
+    assert np.isin(blob, [1, 2, 3, 4, 46]).all() and (blob == 46).any()
+    assert not np.isin(derived.data[7:10], [1, 2, 3, 4, 46]).any()  # right side stays right
 
 
 def test_corpus_callosum_and_deep_structures():
@@ -217,6 +219,17 @@ def test_atlas_warped_with_an_ants_affine(tmp_path):
     assert np.array_equal(identity.data, atlas.data)
     # native voxel i samples atlas voxel i - 3
     assert np.array_equal(warped.data[5:], atlas.data[2:-3])
+    # the same transforms bring a segmentation's derived parcellation to another image
+    seg = _slab_seg()
+    plain = build_regions("pvs", seg, dseg=seg).labels.data
+    shifted = build_regions("pvs", seg, dseg=seg, dseg_transforms=[path]).labels.data
+    assert np.array_equal(shifted[5:], plain[2:-3]) and shifted.dtype == plain.dtype
+    # the inverse of the transform shifts the other way; an Atlas carries both
+    back = warp_atlas(atlas, reference, [path], invert=[True])
+    assert np.array_equal(back.data[:-5], atlas.data[3:-2])
+    regions = build_regions("pvs", reference, atlas=Atlas(atlas, names, "toy", [path],
+                                                          lateralize=False))
+    assert np.array_equal(regions.labels.data, warped.data)
 
 
 def test_no_region_source_means_whole_brain_only():
@@ -228,3 +241,87 @@ def test_no_region_source_means_whole_brain_only():
 def test_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match="scheme"):
         build_regions("lobes", Volume(np.zeros((2, 2, 2)), np.eye(4)))
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from fs_phantom import make_aparc_aseg
+
+    seg = make_aparc_aseg((144, 184, 136))
+    return seg, derived_parcellation(seg)
+
+
+def _at(volume: Volume, x: float, y: float, z: float) -> int:
+    i, j, k = np.rint(np.linalg.inv(volume.affine) @ [x, y, z, 1.0])[:3].astype(int)
+    return int(volume.data[i, j, k])
+
+
+@pytest.mark.parametrize("point, left_code", [
+    ((18, -5, 0), 44),  # between thalamus and putamen/pallidum: internal capsule
+    ((33, 5, 0), 45),  # between putamen and insula: external capsule
+    ((10, -6, 0), 41),  # thalamus
+    ((5, 0, 20), 46),  # corpus callosum
+])
+def test_capsules_and_callosum_on_a_freesurfer_phantom(phantom, point, left_code):
+    seg, derived = phantom
+    x, y, z = point
+    assert _at(seg, -x, y, z) in (2, 10, 253)  # WM, thalamus or callosum in the input
+    assert _at(derived, -x, y, z) == left_code
+    assert _at(derived, x, y, z) == parc_right(left_code)
+
+
+def parc_right(code: int) -> int:
+    from shiva_bids.postprocessing.parcellation import right_of
+
+    return right_of(code)
+
+
+def test_phantom_has_every_derived_structure(phantom):
+    seg, derived = phantom
+    present = set(np.unique(derived.data).tolist())
+    left = {1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 40, 41, 42, 43, 44, 45, 46, 47, 78,
+            79, 80}
+    assert left | {parc_right(c) for c in left} | {60} <= present
+    assert _at(derived, -30, 30, 20) == 3  # the label-77 blob joined left frontal deep WM
+
+
+def test_scheme_names_of_capsules(phantom):
+    seg, derived = phantom
+    where = {"ic": (-18, -5, 0), "ec": (-33, 5, 0)}
+    expected = {"pvs": ("Left Basal Gang.", "Left Basal Gang."),
+                "wmh": ("Left Deep WM", "Left Shallow WM"),
+                "mars": ("Left Int. Caps.", "Left Ext. Caps.")}
+    for scheme, names in expected.items():
+        regions = build_regions(scheme, seg, dseg=seg, derived=derived)
+        got = tuple(regions.names[_at(regions.labels, *where[k])] for k in ("ic", "ec"))
+        assert got == names
+    mars = build_regions("mars", seg, dseg=seg, derived=derived)
+    ic_pv = derived.data == 80
+    assert ic_pv.any()
+    assert {mars.names[v] for v in np.unique(mars.labels.data[ic_pv])} == {"Left Int. Caps."}
+
+
+def test_isotropic_resampling_of_an_anisotropic_segmentation():
+    from shiva_bids.postprocessing.grids import isotropic_1mm
+
+    data = np.zeros((10, 10, 5), np.int16)
+    data[:, :, 2] = 7
+    seg = Volume(data, np.diag([1.0, 1.0, 2.0, 1.0]))
+    iso = isotropic_1mm(seg)
+    assert iso.shape == (10, 10, 10) and np.allclose(iso.zooms, 1.0)
+    assert (iso.data[:, :, 4:6] == 7).all() and (iso.data[:, :, :4] == 0).all()
+    assert isotropic_1mm(Volume(data, np.diag([0.95, 1.0, 1.05, 1.0]))).shape == data.shape
+
+
+def test_synthseg_callosum_from_the_seam_between_hemispheres():
+    from fs_phantom import make_aparc_aseg
+
+    seg = make_aparc_aseg((144, 184, 136), synthseg=True)
+    assert not np.isin(seg.data, [251, 252, 253, 254, 255]).any()
+    derived = derived_parcellation(seg)
+    assert _at(derived, -5, 0, 20) == 46 and _at(derived, 5, 0, 20) == 56
+    assert _at(derived, -5, 25, 20) == 46  # along the whole callosum
+    assert _at(derived, -5, 0, 45) not in (46, 56)  # WM far above it stays lobar
+    assert _at(derived, -18, -5, 0) == 44  # capsules keep their labels
+    mars = build_regions("mars", seg, dseg=seg, derived=derived)
+    assert mars.names[_at(mars.labels, 5, 0, 20)] == "Right Corp. Call."

@@ -204,8 +204,12 @@ def ensure_bidsignore(output_dir: Path, patterns: Iterable[str]) -> Path:
     return path
 
 
-# Non-BIDS files the app writes; listed in .bidsignore (BIDS_APPS.md §2.5).
+# Non-BIDS files the app writes; listed in .bidsignore (BIDS_APPS.md §2.5). Checked with the
+# official validator 3.0.2 (tests/test_derivatives.py): folder patterns must not end in `/`
+# (`group/` does not ignore the folder, `group` does, at any depth); transforms (`*_xfm.*`,
+# fMRIPrep's BEP014 names) are not in its schema, so every `_xfm` file and its sidecar is
+# NOT_INCLUDED unless ignored.
 NON_BIDS_PATTERNS: tuple[str, ...] = (
-    "logs/", "figures/", "group/", "*_stats.tsv", "*_stats.json", "*_summary.json",
-    "*.html", "*_desc-done.json",
+    "logs", "figures", "group", "*_stats.tsv", "*_stats.json", "*_summary.json",
+    "*.html", "*_desc-done.json", "*_xfm.*",
 )

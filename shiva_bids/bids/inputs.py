@@ -17,7 +17,9 @@ class InputSet:
 
     `t1w`, `flair`, `swi` (SWI or T2starw), `t2w` come from the raw dataset; `brain_mask` and
     `dseg` from `--derivatives` datasets. `choices` records, per role, why this file was picked
-    among several candidates (runs, acquisitions), for logs and sidecars.
+    among several candidates (runs, acquisitions), and for `brain_mask`/`dseg` which
+    `--derivatives` dataset and folder it came from, for logs and sidecars (set by
+    :mod:`shiva_bids.bids.discovery`).
     """
 
     subject: str

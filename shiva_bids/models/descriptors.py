@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+from shiva_bids.bids.inputs import MODALITY_TO_ROLE
 from shiva_bids.errors import BadInputError, MissingInputError
 
 # Targets a descriptor may name (§2.1; "brain_mask" is the SHIVA brain-mask model).
@@ -71,6 +72,11 @@ class ModelDescriptor:
     def folds(self) -> tuple[Path, ...]:
         """Fold paths resolved with the §2.3 rule, in descriptor order (not fold order)."""
         return tuple(resolve_model_file(self.directory, f.name) for f in self.files)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """InputSet roles of the channels, in channel order ("t2s" -> "swi", "t2" -> "t2w")."""
+        return tuple(MODALITY_TO_ROLE[m] for m in self.modalities)
 
     @property
     def script_path(self) -> Path | None:
@@ -198,23 +204,3 @@ def load_descriptor(path: Path | str) -> ModelDescriptor:
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
     return parse_descriptor(data, path)
-
-
-def descriptor_json(descriptor: ModelDescriptor) -> dict[str, Any]:
-    """The descriptor as published-style JSON (keys as in §2.1; absent optionals left out)."""
-    out: dict[str, Any] = {"version": descriptor.version,
-                           "release date": descriptor.release_date,
-                           "author": descriptor.author, "url": descriptor.url,
-                           "target": descriptor.target, "modalities": list(descriptor.modalities),
-                           "architecture": descriptor.architecture,
-                           "model_format": descriptor.model_format,
-                           "tensorflow_min_version": descriptor.tensorflow_min_version,
-                           "sha256_zip": descriptor.sha256_zip,
-                           "description": descriptor.description}
-    if descriptor.is_demo:
-        out["demo"] = True
-    if descriptor.script is not None:
-        out["script"] = {"name": descriptor.script.name, "md5": descriptor.script.md5}
-    out["files"] = [{"name": f.name, "md5": f.md5} for f in descriptor.files]
-    out.update(descriptor.extra)
-    return {k: v for k, v in out.items() if v is not None}

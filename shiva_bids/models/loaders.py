@@ -140,8 +140,14 @@ def is_mixed_precision(model: Any) -> bool:
 
 def rebuild_float32(model: Any, custom_objects: dict[str, Any]) -> Any:
     """Rebuild a mixed_float16 Keras model in float32 and copy its (float32) weights."""
-    rebuilt = type(model).from_config(_float32_config(model.get_config()),
-                                      custom_objects=custom_objects)
+    # from_config runs in safe mode, which refuses Lambda layers; the md5 was verified.
+    if type(model).__module__.startswith("tf_keras"):
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+    else:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    with SafeModeScope(False):
+        rebuilt = type(model).from_config(_float32_config(model.get_config()),
+                                          custom_objects=custom_objects)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 

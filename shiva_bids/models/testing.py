@@ -20,6 +20,7 @@ import tensorflow as tf
 from shiva_bids.models.checksums import md5_of_path
 
 FORMAT_SUFFIX = {"savedmodel": ".tf_inference", "keras": ".keras", "h5": ".h5"}
+HEAD_GAIN = 8.0  # spreads the output logits over ~5 units, so maps are not near-constant
 FORMAT_NAME = {"savedmodel": "SavedModel", "keras": "keras", "h5": "h5"}
 
 
@@ -59,17 +60,18 @@ def _seeded_weights(model: Any, seed: int, out_bias: float) -> None:
         else:
             kernel, bias = current
             fan_in = int(np.prod(kernel.shape[:-1]))
-            new = [rng.standard_normal(kernel.shape) * np.sqrt(2.0 / fan_in),
+            gain = HEAD_GAIN if layer.name == "head" else 1.0
+            new = [rng.standard_normal(kernel.shape) * gain * np.sqrt(2.0 / fan_in),
                    np.full(bias.shape, out_bias) if layer.name == "head"
                    else 0.05 * rng.standard_normal(bias.shape)]
         layer.set_weights([w.astype(np.float32) for w in new])
 
 
-def tiny_unet(shape: Sequence[int], channels: int, seed: int = 0, out_bias: float = -6.0,
+def tiny_unet(shape: Sequence[int], channels: int, seed: int = 0, out_bias: float = -4.0,
               base: int = 2, legacy: bool = False, mixed_precision: bool = False) -> Any:
     """A tiny U-net; `legacy` builds it with tf_keras (for `.h5`), else with Keras 3.
 
-    `out_bias` is the head's bias: around -6 a fair share of the sigmoid outputs fall below
+    `out_bias` is the head's bias: around -4 a fair share of the sigmoid outputs fall below
     SHIVA's 0.001 per-fold cut. `mixed_precision` (tf_keras only) builds under mixed_float16.
     """
     if legacy:
@@ -88,7 +90,7 @@ def tiny_unet(shape: Sequence[int], channels: int, seed: int = 0, out_bias: floa
 
 
 def save_tiny_model(path: Path, fmt: str, shape: Sequence[int], channels: int, seed: int = 0,
-                    out_bias: float = -6.0, mixed_precision: bool = False) -> Path:
+                    out_bias: float = -4.0, mixed_precision: bool = False) -> Path:
     """Save a tiny model: fmt "savedmodel" (folder, `serve` endpoint), "keras" or "h5"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +135,7 @@ def write_descriptor(folder: Path, fold_paths: Sequence[Path], marker: str,
 def write_tiny_model_folder(root: Path, marker: str, modalities: Sequence[str],
                             n_folds: int = 2, shape: Sequence[int] = (160, 214, 176),
                             fmt: str = "savedmodel", version: str = "v0", seed: int = 0,
-                            out_bias: float = -6.0, demo: bool = False,
+                            out_bias: float = -4.0, demo: bool = False,
                             description: str | None = None) -> Path:
     """A valid models folder `root/<MODALITIES>-<MARKER>/` with `n_folds` tiny folds.
 

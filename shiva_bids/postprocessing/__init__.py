@@ -18,12 +18,12 @@ from shiva_bids.postprocessing.marker import MarkerResult, outside_brain_mask, p
 from shiva_bids.postprocessing.outputs import marker_paths, write_marker_outputs
 from shiva_bids.postprocessing.parcellation import derived_parcellation
 from shiva_bids.postprocessing.regions import Atlas, RegionMap, build_regions, warp_atlas
-from shiva_bids.postprocessing.stats import region_stats
+from shiva_bids.postprocessing.stats import region_stats, stats_by_region
 from shiva_bids.postprocessing.table import Table
 
 __all__ = [
     "Atlas", "Clusters", "MarkerResult", "RegionMap", "Table", "build_regions", "cluster_census",
     "derived_parcellation", "find_clusters", "marker_paths", "min_size_to_mm3",
-    "outside_brain_mask", "postprocess_marker", "region_stats", "warp_atlas",
+    "outside_brain_mask", "postprocess_marker", "region_stats", "stats_by_region", "warp_atlas",
     "write_marker_outputs",
 ]

@@ -1,6 +1,7 @@
 """One marker end to end in memory: clusters -> census -> statistics (`MarkerResult`)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,8 @@ from shiva_bids.postprocessing.regions import RegionMap
 from shiva_bids.postprocessing.stats import region_stats
 from shiva_bids.postprocessing.table import Table
 from shiva_bids.volume import Volume
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,4 +48,7 @@ def postprocess_marker(marker: str, prob: Volume, brain_mask: Volume, threshold:
     census = cluster_census(clusters, prob, spread, regions, marker)
     brain_volume = float(np.count_nonzero(brain_mask.data)) * brain_mask.voxel_volume
     stats = region_stats(census, regions, marker, brain_volume)
+    log.info("%s: %d clusters kept (%d below %.3g mm^3, %d outside the brain); regions: %s",
+             marker, clusters.count, clusters.removed_small, clusters.min_size_mm3,
+             clusters.removed_outside, stats.metadata["RegionSource"])
     return MarkerResult(marker, clusters, census, stats, regions, brain_volume)

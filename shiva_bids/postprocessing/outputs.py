@@ -14,6 +14,8 @@ through `shiva_bids.io`.
 """
 from __future__ import annotations
 
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,8 +32,8 @@ from shiva_bids.volume import Volume
 
 def marker_paths(output_dir: Path, inputs: InputSet, marker: str,
                  space: str | None = None) -> dict[str, Path]:
-    """Output paths of one marker (keys: probseg, mask, dseg, dseg_tsv, brain_mask, stats,
-    stats_json)."""
+    """Output paths of one marker (keys: probseg, mask, dseg, dseg_tsv (alias census),
+    brain_mask, stats, stats_json)."""
     space = space or MARKERS[marker].space
     src = inputs.entities
     path = lambda suffix, ext=".nii.gz", **e: deriv.derivative_path(  # noqa: E731
@@ -41,6 +43,7 @@ def marker_paths(output_dir: Path, inputs: InputSet, marker: str,
         "mask": path("mask", label=marker),
         "dseg": path("dseg", seg=marker),
         "dseg_tsv": path("dseg", ".tsv", seg=marker),
+        "census": path("dseg", ".tsv", seg=marker),  # the same file: the census is the LUT
         "brain_mask": path("mask", desc="brain"),
         "stats": path("stats", ".tsv", seg=marker),
         "stats_json": path("stats", ".json", seg=marker),
@@ -52,6 +55,38 @@ def _nifti(volume: Volume, dtype: type):
     img = volume.to_nifti(dtype)
     img.header.set_xyzt_units(xyz="mm")
     return img
+
+
+# gzip level of the output images: 1 is ~2.5x faster than 6 on these mostly-zero maps and the
+# files are ~10 % larger (benchmarks/bench_postprocessing.py).
+COMPRESS_LEVEL = 1
+# path -> digest of the shared image (brain mask) last written there by this process.
+_WRITTEN: dict[Path, str] = {}
+
+
+def _save_one(img, path: Path, shared: bool) -> None:
+    """Save `img`; a `shared` image (the brain mask of several markers) is skipped when this
+    process already wrote the same bytes to `path` and the file is still there."""
+    if not shared:
+        atomic_save_nifti(img, path, COMPRESS_LEVEL)
+        return
+    digest = hashlib.blake2b(np.ascontiguousarray(img.dataobj).tobytes()
+                             + img.affine.tobytes(), digest_size=16).hexdigest()
+    if _WRITTEN.get(path) == digest and path.is_file():
+        return
+    atomic_save_nifti(img, path, COMPRESS_LEVEL)
+    _WRITTEN[path] = digest
+
+
+def _save_images(jobs, n_threads: int) -> None:
+    """Save (image, path, shared) jobs, in threads when `n_threads` > 1 (same bytes)."""
+    if n_threads <= 1:
+        for job in jobs:
+            _save_one(*job)
+        return
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        for future in [pool.submit(_save_one, *job) for job in jobs]:
+            future.result()
 
 
 def _label_dtype(count: int) -> type:
@@ -68,14 +103,16 @@ def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: 
                          mask: Volume | None, clusters: Clusters, census: Table, stats: Table,
                          brain_mask: Volume, sources: Sequence[str], spatial_reference: str,
                          provenance: Mapping[str, Any], params: Mapping[str, Any] | None = None,
-                         ) -> dict[str, Path]:
+                         n_threads: int = 2) -> dict[str, Path]:
     """Write every output of `marker` for the unit `inputs`; return their paths.
 
     `sources`: BIDS URIs of the input images the probability map was computed from.
     `provenance`: model name/version/checksums (stored under "Model"); a true `demo` key (or
     `params["demo_models"]`) marks demo models. `params` may hold `min_cluster_size` (voxels
     of the 1 mm model grid, as given by the user), `space`, `brain_mask_sources` (BIDS URIs)
-    and `description` (of the probability map).
+    and `description` (of the probability map). The four images are compressed in
+    `n_threads` threads (zlib releases the GIL); the brain mask is written once per process
+    when several markers share it (same path, same content).
     """
     params = dict(params or {})
     output_dir = Path(output_dir)
@@ -97,33 +134,37 @@ def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: 
         "RemovedOutsideBrainClusters": clusters.removed_outside,
     }
 
-    atomic_save_nifti(_nifti(brain_mask.with_data(brain_mask.data > 0), np.uint8),
-                      paths["brain_mask"])
+    jobs = [(_nifti(brain_mask.with_data(brain_mask.data > 0), np.uint8), paths["brain_mask"],
+             True)]
     deriv.write_sidecar(paths["brain_mask"], {
         "Type": "Brain", "Description": "Brain mask on the native grid of the reference image",
         "Sources": list(params.get("brain_mask_sources", sources)), **common})
 
-    probability = np.clip(np.nan_to_num(prob.data.astype(np.float32)), 0.0, 1.0)
-    atomic_save_nifti(_nifti(prob.with_data(probability), np.float32), paths["probseg"])
+    probability = np.clip(prob.data, 0.0, 1.0).astype(np.float32, copy=False)
+    probability[np.isnan(probability)] = 0.0
+    jobs.append((_nifti(prob.with_data(probability), np.float32), paths["probseg"], False))
     deriv.write_sidecar(paths["probseg"], {
         "Description": params.get("description",
                                   f"{spec.description}: ensemble-mean probability"),
         "Sources": list(sources), "Model": dict(provenance), **common})
 
-    atomic_save_nifti(_nifti(mask.with_data(mask.data > 0), np.uint8),
-                      paths["mask"])
+    jobs.append((_nifti(mask.with_data(mask.data > 0), np.uint8), paths["mask"], False))
     deriv.write_sidecar(paths["mask"], {
         "Type": spec.mask_type,
         "Description": f"{spec.description}: clusters of the probability map kept by the "
                        "size and outside-brain filters",
         "Sources": [uri("probseg"), uri("brain_mask")], **filtering, **common})
 
-    atomic_save_nifti(_nifti(clusters.labels, _label_dtype(clusters.count)), paths["dseg"])
+    jobs.append((_nifti(clusters.labels, _label_dtype(clusters.count)), paths["dseg"], False))
+    _save_images(jobs, n_threads)
     atomic_write_text(paths["dseg_tsv"], census.to_tsv())
+    region_source = stats.metadata.get("RegionSource", "none")
+    region_uri = region_source.split(":", 1)[1] if region_source.startswith("dseg:bids:") \
+        else None
     deriv.write_sidecar(paths["dseg"], {
         "Description": f"{spec.description}: clusters labelled 1..N (see the _dseg.tsv)",
-        "Sources": [uri("probseg"), uri("brain_mask")], "ClusterCount": clusters.count,
-        "RegionSource": stats.metadata.get("RegionSource", "none"),
+        "Sources": [uri("probseg"), uri("brain_mask")] + ([region_uri] if region_uri else []),
+        "ClusterCount": clusters.count, "RegionSource": region_source,
         **filtering, **common, **_extra_columns(census)})
 
     atomic_write_text(paths["stats"], stats.to_tsv())

@@ -15,8 +15,8 @@ Where shiva-bids differs (documented in docs/outputs.md):
   SynthSeg without `--parc`) has no lobes: its cortex (3/42) is the seed of an "unparcellated"
   pseudo-lobe with derived labels 61-64 (left) / 81-84 (right), same GM/JC/deep/PV order;
 * FreeSurfer's lateralised WM hypointensities 78/79 go to left/right WM like 77 does;
-* the SynthSeg corpus-callosum "seam" (§9.1 item 8) is not reconstructed: without labels
-  251-255 the callosum stays in the lobar deep/periventricular WM;
+* the SynthSeg corpus-callosum seam (§9.1 item 8) only relabels lobar WM voxels (capsule
+  labels win);
 * the external capsule (§9.1 item 7) is built as described but the closing uses a 3x3x3
   structure iterated 3 times (a cube, not a ball).
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, Delaunay, QhullError
+from scipy.spatial import ConvexHull, QhullError
 
 from shiva_bids.postprocessing.grids import isotropic_1mm
 from shiva_bids.volume import Volume
@@ -53,6 +53,9 @@ HIPPOCAMPUS = ((17, 18), (53, 54))
 CEREBELLUM = ((7, 8), (46, 47))
 BRAINSTEM = 16
 CORPUS_CALLOSUM = (251, 252, 253, 254, 255)
+CINGULATE = (1002, 1010, 1023, 1026)  # left Desikan cingulate parcels (right = + 1000)
+CC_SEAM_GROWTH = 10  # taxicab, SynthSeg callosum (item 8)
+CC_OPENINGS = 2
 
 # Derived label values (§9.1 table); right = left + 20 (lobar, insula) or + 10 (deep grey).
 LOBE_BASE = {0: 1, 1: 5, 2: 9, 3: 13, UNPARCELLATED: 61}  # + 0 GM, 1 JC, 2 deep, 3 PV
@@ -65,6 +68,7 @@ PV_DILATIONS = 2  # 6-connected, item 5
 EC_NEAR = 10  # taxicab, item 7
 EC_AWAY_HIPPO = 5
 EC_CLOSING = 3
+_LUT_SIZE = 1 << 16  # label look-up tables cover uint16 label values
 MARGIN = EC_NEAR + 2  # voxels of background kept around the head when cropping
 
 
@@ -82,11 +86,14 @@ def _side(code: int, side: int) -> int:
 
 
 def _isin(seg: np.ndarray, labels) -> np.ndarray:
-    return np.isin(seg, np.asarray(labels, dtype=seg.dtype))
+    """`np.isin` for uint16 label images (`_derive` converts), through a look-up table."""
+    lut = np.zeros(_LUT_SIZE, dtype=bool)
+    lut[[label for label in labels if label < _LUT_SIZE]] = True
+    return lut[seg]
 
 
 def _fill_convex_hull(mask: np.ndarray) -> np.ndarray:
-    """Voxels inside the convex hull of `mask` (empty or flat masks give themselves)."""
+    """Voxels inside the convex hull of `mask` (fewer than 4 or coplanar points: `mask`)."""
     points = np.argwhere(mask)
     if len(points) < 4:
         return mask.copy()
@@ -97,7 +104,12 @@ def _fill_convex_hull(mask: np.ndarray) -> np.ndarray:
     low, high = points.min(axis=0), points.max(axis=0) + 1
     grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)],
                                 indexing="ij"), axis=-1).reshape(-1, 3)
-    inside = Delaunay(points[hull.vertices]).find_simplex(grid) >= 0
+    # inside = on the inner side of every facet plane (normal . x + offset <= 0); the hull of
+    # voxel centres has many coplanar triangles, so planes are deduplicated first
+    planes = np.unique(np.round(hull.equations, 9), axis=0)
+    inside = np.ones(len(grid), dtype=bool)
+    for plane in planes:
+        inside &= grid @ plane[:3] + plane[3] <= 1e-6
     out = np.zeros_like(mask)
     out[tuple(grid[inside].T)] = True
     return out | mask
@@ -120,34 +132,39 @@ def _assign_wm_hypointensities(seg: np.ndarray) -> None:
     if n == 0:
         return
     cube = np.ones((3, 3, 3), bool)
-    touch = [np.bincount(blobs[ndimage.binary_dilation(seg == wm, cube)], minlength=n + 1)
-             for wm in WM]
+    box = _bbox(blobs > 0, 2)
+    touch = [np.bincount(blobs[box][ndimage.binary_dilation(seg[box] == wm, cube)],
+                         minlength=n + 1) for wm in WM]
     left_bigger = (seg == WM[LEFT]).sum() >= (seg == WM[RIGHT]).sum()
     goes_left = (touch[LEFT] > touch[RIGHT]) | ((touch[LEFT] == touch[RIGHT]) & left_bigger)
     seg[blobs > 0] = np.where(goes_left[blobs[blobs > 0]], WM[LEFT], WM[RIGHT])
 
 
-def _crop_box(seg: np.ndarray) -> tuple[slice, ...]:
-    nonzero = np.argwhere(seg > 0)
-    if len(nonzero) == 0:
-        return tuple(slice(0, n) for n in seg.shape)
-    low = np.maximum(nonzero.min(axis=0) - MARGIN, 0)
-    high = np.minimum(nonzero.max(axis=0) + MARGIN + 1, seg.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Bounding box of `mask` grown by `margin` voxels (whole array if `mask` is empty).
+    Local work inside it gives the same result as on the whole array when every distance
+    that matters is shorter than `margin`."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if len(hits) == 0:
+            return tuple(slice(0, n) for n in mask.shape)
+        box.append(slice(max(int(hits[0]) - margin, 0),
+                         min(int(hits[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)
 
 
-def _lobe_seeds(seg: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Per voxel: lobe (0-3, or UNPARCELLATED) of lobar cortex seeds, -1 elsewhere; and
-    whether Desikan parcels were found."""
+def _lobe_seeds(seg: np.ndarray) -> np.ndarray:
+    """Per voxel: lobe (0-3; UNPARCELLATED for cortex without Desikan parcels) of lobar
+    cortex seeds, -1 elsewhere."""
     lobe = np.full(seg.shape, -1, dtype=np.int8)
-    parcellated = bool((seg >= 1000).any())
-    if parcellated:
+    if _has_desikan(seg):
         for index, parcels in LOBE_PARCELS.items():
             seeds = [p for p in parcels if p not in NOT_SEEDS]
             lobe[_isin(seg, seeds + [p + 1000 for p in seeds])] = index
     else:
         lobe[_isin(seg, CORTEX)] = UNPARCELLATED
-    return lobe, parcellated
+    return lobe
 
 
 def _nearest_lobe(lobe: np.ndarray, hemi: np.ndarray, wm: np.ndarray) -> np.ndarray:
@@ -160,20 +177,22 @@ def _nearest_lobe(lobe: np.ndarray, hemi: np.ndarray, wm: np.ndarray) -> np.ndar
         targets = wm & (hemi == side)
         if not seeds.any() or not targets.any():
             continue
-        _, nearest = ndimage.distance_transform_cdt(~seeds, metric="chessboard",
+        box = _bbox(seeds | targets, 1)
+        _, nearest = ndimage.distance_transform_cdt(~seeds[box], metric="chessboard",
                                                     return_indices=True)
-        out[targets] = lobe[tuple(index[targets] for index in nearest)]
+        local = targets[box]
+        out[box][local] = lobe[box][tuple(index[local] for index in nearest)]
     return out
 
 
 def _derive(seg: np.ndarray) -> np.ndarray:
     """The derived parcellation of a cropped FreeSurfer label array (see module doc)."""
-    seg = seg.astype(np.int32, copy=True)
+    seg = np.clip(seg, 0, _LUT_SIZE - 1).astype(np.uint16)
     _assign_wm_hypointensities(seg)
     out = np.zeros(seg.shape, dtype=np.int16)
-    lobe, parcellated = _lobe_seeds(seg)
+    lobe = _lobe_seeds(seg)
     seeds = lobe >= 0
-    not_seeds = [p for p in NOT_SEEDS] + [p + 1000 for p in NOT_SEEDS]
+    not_seeds = list(NOT_SEEDS) + [p + 1000 for p in NOT_SEEDS]
     hemi = np.full(seg.shape, -1, dtype=np.int8)  # hemisphere of cortex/WM voxels
     for side in (LEFT, RIGHT):
         hemi[_isin(seg, (WM[side], CORTEX[side]))] = side
@@ -184,8 +203,10 @@ def _derive(seg: np.ndarray) -> np.ndarray:
     wm_lobe = _nearest_lobe(lobe, hemi, wm)
     juxta = wm_core & (_taxicab_distance(seeds) <= JUXTA_DISTANCE)  # item 4
     ventricles = _isin(seg, VENTRICLES)
-    pv = ndimage.binary_dilation(ventricles, ndimage.generate_binary_structure(3, 1),
-                                 iterations=PV_DILATIONS) & ~ventricles  # item 5
+    pv = np.zeros(seg.shape, bool)  # item 5, in the ventricles' box
+    box = _bbox(ventricles, PV_DILATIONS + 1)
+    pv[box] = ndimage.binary_dilation(ventricles[box], ndimage.generate_binary_structure(3, 1),
+                                      iterations=PV_DILATIONS) & ~ventricles[box]
     for side in (LEFT, RIGHT):
         h = hemi == side
         for index, base in LOBE_BASE.items():
@@ -215,47 +236,93 @@ def _derive(seg: np.ndarray) -> np.ndarray:
 def _internal_capsule(seg: np.ndarray, side: int) -> np.ndarray:
     """§9.1 item 6: convex hull of basal ganglia + thalamus, eroded twice."""
     deep = _isin(seg, THALAMUS[side] + BASAL_GANGLIA[side][:3])
-    if not deep.any():
-        return deep
-    return ndimage.binary_erosion(_fill_convex_hull(deep), iterations=2)
+    out = np.zeros(seg.shape, bool)
+    if deep.any():
+        box = _bbox(deep, 1)
+        out[box] = ndimage.binary_erosion(_fill_convex_hull(deep[box]), iterations=2)
+    return out
 
 
 def _external_capsule(seg: np.ndarray, side: int, allowed: np.ndarray) -> np.ndarray:
     """§9.1 item 7: between insula and putamen (hull, within 10 of both), away from the
-    hippocampus / ventral DC, closed together with insula and putamen, within `allowed` WM."""
+    hippocampus / ventral DC, closed together with insula and putamen, within `allowed` WM.
+    Computed in the box of insula + putamen grown by the largest distance used."""
     insula = seg == INSULA[side]
     putamen = _isin(seg, PUTAMEN[side])
+    out = np.zeros(seg.shape, bool)
     if not insula.any() or not putamen.any():
-        return np.zeros(seg.shape, bool)
+        return out
+    box = _bbox(insula | putamen, EC_AWAY_HIPPO + EC_CLOSING + 1)
+    insula, putamen, allowed = insula[box], putamen[box], allowed[box]
     hull = _fill_convex_hull(insula | putamen)
     near = (_taxicab_distance(insula) <= EC_NEAR) & (_taxicab_distance(putamen) <= EC_NEAR)
-    away = _taxicab_distance(_isin(seg, HIPPOCAMPUS[side] + VENTRAL_DC[side])) > EC_AWAY_HIPPO
+    away = _taxicab_distance(_isin(seg[box], HIPPOCAMPUS[side] + VENTRAL_DC[side])) \
+        > EC_AWAY_HIPPO
     capsule = hull & near & away & allowed
     closed = ndimage.binary_closing(capsule | insula | putamen, iterations=EC_CLOSING)
-    return closed & allowed & away
+    out[box] = closed & allowed & away
+    return out
 
 
 def _corpus_callosum(seg: np.ndarray, out: np.ndarray) -> None:
-    """§9.1 item 8 (FreeSurfer): labels 251-255, split by the nearer WM side (ties left)."""
+    """§9.1 item 8 (FreeSurfer): labels 251-255 take the side of the nearest cerebral WM
+    voxel (Euclidean; searched in the callosum's box grown by 20 voxels). Without those labels
+    (SynthSeg) the callosum is rebuilt from the seam between left and right WM."""
     cc = _isin(seg, CORPUS_CALLOSUM)
     if not cc.any():
+        _callosum_seam(seg, out)
         return
-    dist_left = ndimage.distance_transform_edt(seg != WM[LEFT])
-    dist_right = ndimage.distance_transform_edt(seg != WM[RIGHT])
-    out[cc & (dist_left <= dist_right)] = D_CC
-    out[cc & (dist_left > dist_right)] = right_of(D_CC)
+    box = _bbox(cc, 20)
+    local = seg[box]
+    wm = _isin(local, WM)
+    if not wm.any():
+        out[box][cc[box]] = D_CC
+        return
+    _, nearest = ndimage.distance_transform_edt(~wm, return_indices=True)
+    side = local[tuple(index[cc[box]] for index in nearest)]
+    out[box][cc[box]] = np.where(side == WM[RIGHT], right_of(D_CC), D_CC)
+
+
+def _callosum_seam(seg: np.ndarray, out: np.ndarray) -> None:
+    """§9.1 item 8 (SynthSeg): where left and right cerebral WM meet after a 1-voxel dilation
+    (ventricles and cingulate excluded), grown by taxicab 10, within WM, opened twice. Only
+    lobar WM voxels are relabelled (internal/external capsule labels are kept)."""
+    cube = np.ones((3, 3, 3), bool)
+    left, right = seg == WM[LEFT], seg == WM[RIGHT]
+    if not left.any() or not right.any():
+        return
+    box = _bbox(ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube),
+                CC_SEAM_GROWTH + 2)
+    left, right, local = left[box], right[box], seg[box]
+    seam = ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube)
+    seam &= ~_isin(local, VENTRICLES + CINGULATE + tuple(p + 1000 for p in CINGULATE))
+    if not seam.any():
+        return
+    callosum = (_taxicab_distance(seam) <= CC_SEAM_GROWTH) & (left | right)
+    callosum = ndimage.binary_opening(callosum, iterations=CC_OPENINGS)
+    lobar = np.isin(out[box], [c for base in LOBE_BASE.values() for side in (LEFT, RIGHT)
+                               for c in (_side(base, side) + k for k in (1, 2, 3))])
+    region = out[box]
+    region[callosum & lobar & left] = D_CC
+    region[callosum & lobar & right] = right_of(D_CC)
 
 
 def derived_parcellation(dseg: Volume) -> Volume:
     """The §9.1 derived parcellation of a FreeSurfer/SynthSeg label volume (1 mm grid)."""
     seg = isotropic_1mm(dseg)
     labels = np.rint(seg.data).astype(np.int32)
-    box = _crop_box(labels)
+    box = _bbox(labels > 0, MARGIN)
     out = np.zeros(labels.shape, dtype=np.int16)
     out[box] = _derive(labels[box])
     return seg.with_data(out)
 
 
+def _has_desikan(seg: np.ndarray) -> bool:
+    """True when `seg` holds Desikan cortical parcels (1001-1035 / 2001-2035)."""
+    return bool((((seg > 1000) & (seg <= 1035)) | ((seg > 2000) & (seg <= 2035))).any())
+
+
 def has_cortical_parcels(dseg: Volume) -> bool:
-    """True when the segmentation carries Desikan parcels (labels >= 1000)."""
-    return bool((np.asarray(dseg.data) >= 1000).any())
+    """True when the segmentation carries Desikan cortical parcels (`aparc+aseg`, SynthSeg
+    `--parc`); False for `aseg`, fMRIPrep `desc-aseg_dseg`, SynthSeg without parcels."""
+    return _has_desikan(np.rint(np.asarray(dseg.data)))

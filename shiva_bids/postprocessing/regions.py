@@ -113,9 +113,11 @@ class RegionMap:
 class Atlas:
     """A labelled atlas in template space and how to bring it to the native grid.
 
-    `transforms` is an ANTs transform list (as for `ants.apply_transforms`, template ->
-    native); empty means the atlas and the native image share world coordinates.
-    `lateralize` splits every label into Left/Right on the template's x = 0 plane.
+    `transforms` is the ANTs transform list that `ants.apply_transforms(fixed=native,
+    moving=atlas)` takes: the `fwdtransforms` of `ants.registration(fixed=native,
+    moving=template)`, or its `invtransforms` with `invert` when the template was the fixed
+    image. Empty means the atlas and the native image share world coordinates. `lateralize`
+    splits every label into Left/Right on the template's x = 0 plane.
     """
 
     image: Volume | Path
@@ -123,6 +125,7 @@ class Atlas:
     name: str
     transforms: Sequence[str] = field(default_factory=tuple)
     lateralize: bool = True
+    invert: Sequence[bool] | None = None  # `whichtoinvert` of ants.apply_transforms
 
 
 def scheme_names(scheme: str, parcellated: bool = True) -> dict[int, str]:
@@ -156,31 +159,42 @@ def scheme_from_derived(derived: np.ndarray, scheme: str,
 
 
 def _regions_from_dseg(scheme: str, reference: Volume, dseg: Volume, source: str,
-                       derived: Volume | None) -> RegionMap:
-    derived = derived if derived is not None else derived_cached(dseg)
-    parcellated = parc.has_cortical_parcels(dseg)
-    labels, names = scheme_from_derived(derived.data, scheme, parcellated)
-    native = resample_nearest(derived.with_data(labels), reference)
+                       derived: Volume | None, transforms: Sequence[str]) -> RegionMap:
+    native, parcellated = derived_on_grid(dseg, reference, derived, transforms)
+    labels, names = scheme_from_derived(native.data, scheme, parcellated)
     priority: tuple[int, ...] = ()
     if scheme == "wmh":
         priority = tuple(k for k, v in names.items() if v.endswith(WMH_PRIORITY_REGION))
-    inside = native.with_data((native.data > 0).astype(np.uint8))
-    return RegionMap(native, names, source, scheme, inside, priority)
+    inside = native.with_data((labels > 0).astype(np.uint8))
+    return RegionMap(native.with_data(labels), names, source, scheme, inside, priority)
 
 
-_DERIVED_CACHE: dict[str, tuple[Volume, Volume]] = {}
+# The last (segmentation, reference grid, transforms) -> (derived parcellation on that grid,
+# parcellated).
+_DERIVED_CACHE: dict[str, tuple[Volume, Volume, tuple[str, ...], Volume, bool]] = {}
 
 
-def derived_cached(dseg: Volume) -> Volume:
-    """`derived_parcellation(dseg)`, remembered for the last segmentation seen, so that the
-    three schemes of one participant derive it once. The cache holds the Volume itself, so its
-    identity cannot be reused while cached."""
+def derived_on_grid(dseg: Volume, reference: Volume, derived: Volume | None = None,
+                    transforms: Sequence[str] = ()) -> tuple[Volume, bool]:
+    """The derived parcellation of `dseg` on the `reference` grid and whether `dseg` has
+    cortical parcels. Remembered for the last segmentation and grid, so that the three schemes
+    of one participant derive and resample it once (the cache holds the segmentation object
+    itself, so its identity cannot be reused while cached). `derived` may pass a precomputed
+    `parcellation.derived_parcellation(dseg)`. `transforms` (ANTs, reference -> segmentation
+    space, e.g. the inverse SWI->T1 rigid for CMB, SHIVA.md §7) map it when the two images do
+    not share world coordinates."""
+    transforms = tuple(transforms)
     hit = _DERIVED_CACHE.get("last")
-    if hit is not None and hit[0] is dseg:
-        return hit[1]
-    derived = parc.derived_parcellation(dseg)
-    _DERIVED_CACHE["last"] = (dseg, derived)
-    return derived
+    if hit is not None and hit[0] is dseg and same_grid(hit[1], reference) \
+            and hit[2] == transforms:
+        return hit[3], hit[4]
+    if derived is None:
+        derived = parc.derived_parcellation(dseg)
+    native = warp_atlas(derived, reference, transforms)
+    parcellated = parc.has_cortical_parcels(dseg)
+    grid = Volume(np.broadcast_to(np.zeros(1, np.uint8), reference.shape[:3]), reference.affine)
+    _DERIVED_CACHE["last"] = (dseg, grid, transforms, native, parcellated)
+    return native, parcellated
 
 
 def _load(image: Volume | Path) -> Volume:
@@ -202,12 +216,13 @@ def lateralize(atlas: Volume, names: Mapping[int, str]) -> tuple[Volume, dict[in
     return atlas.with_data(out), new_names
 
 
-def warp_atlas(atlas: Volume | Path, reference: Volume,
-               transforms: Sequence[str] = ()) -> Volume:
+def warp_atlas(atlas: Volume | Path, reference: Volume, transforms: Sequence[str] = (),
+               invert: Sequence[bool] | None = None) -> Volume:
     """Labels of `atlas` on the grid of `reference` (nearest neighbour / ANTs genericLabel).
 
     With no transforms the atlas is resampled through world coordinates; otherwise
-    `ants.apply_transforms(fixed=reference, moving=atlas, transformlist=transforms)`.
+    `ants.apply_transforms(fixed=reference, moving=atlas, transformlist=transforms,
+    whichtoinvert=invert)`.
     """
     atlas = _load(atlas)
     if not transforms:
@@ -223,10 +238,11 @@ def warp_atlas(atlas: Volume | Path, reference: Volume,
         warped = ants.apply_transforms(fixed=ants.image_read(fixed_path),
                                        moving=ants.image_read(moving_path),
                                        transformlist=list(transforms),
-                                       interpolator="genericLabel")
+                                       interpolator="genericLabel",
+                                       whichtoinvert=None if invert is None else list(invert))
         out_path = os.path.join(tmp, "warped.nii.gz")
         ants.image_write(warped, out_path)
-        data = np.rint(np.asarray(nib.load(out_path).dataobj)).astype(np.int32)
+        data = np.rint(np.asarray(nib.load(out_path).dataobj)).astype(atlas.data.dtype)
     return reference.with_data(data)
 
 
@@ -235,7 +251,7 @@ def _regions_from_atlas(scheme: str, reference: Volume, atlas: Atlas,
     image, names = _load(atlas.image), dict(atlas.names)
     if atlas.lateralize:
         image, names = lateralize(image, names)
-    native = warp_atlas(image, reference, atlas.transforms)
+    native = warp_atlas(image, reference, atlas.transforms, atlas.invert)
     data = native.data
     if brain is not None:
         data = np.where(brain.data > 0, data, 0)
@@ -246,16 +262,20 @@ def _regions_from_atlas(scheme: str, reference: Volume, atlas: Atlas,
 def build_regions(scheme: str, reference: Volume, dseg: Volume | None = None,
                   atlas: Atlas | None = None, brain: Volume | None = None,
                   dseg_source: str = "segmentation",
-                  derived: Volume | None = None) -> RegionMap:
+                  derived: Volume | None = None,
+                  dseg_transforms: Sequence[str] = ()) -> RegionMap:
     """Region map of a marker's `scheme` on the `reference` grid (see module doc).
 
     `dseg_source` names the segmentation in `RegionMap.source` (give its path or BIDS URI).
     `derived` may pass a precomputed `parcellation.derived_parcellation(dseg)`.
+    `dseg_transforms`: ANTs transforms from the reference to the segmentation's space when
+    they do not share world coordinates (none: resampled through world coordinates).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown region scheme {scheme!r} (expected one of {SCHEMES})")
     if dseg is not None:
-        return _regions_from_dseg(scheme, reference, dseg, f"dseg:{dseg_source}", derived)
+        return _regions_from_dseg(scheme, reference, dseg, f"dseg:{dseg_source}", derived,
+                                  dseg_transforms)
     if atlas is not None:
         return _regions_from_atlas(scheme, reference, atlas, brain)
     zeros = reference.with_data(np.zeros(reference.shape[:3], dtype=np.int16))
@@ -269,6 +289,8 @@ def assign_regions(cluster_labels: np.ndarray, count: int, regions: RegionMap) -
     """
     if not same_grid(regions.labels, Volume(cluster_labels, regions.labels.affine)):
         raise ValueError("clusters and regions are not on the same grid")
+    if count == 0:
+        return np.zeros(0, dtype=np.int32)
     inside = cluster_labels > 0
     cluster = cluster_labels[inside].astype(np.int64)
     values, region = np.unique(regions.labels.data[inside], return_inverse=True)

@@ -66,3 +66,9 @@ def region_stats(census: Table, regions: RegionMap | None, marker: str,
         "UnassignedClusters": int((labels == 0).sum()) if not whole_only else None,
     }
     return make_table(rows, STATS_COLUMNS, metadata=metadata)
+
+
+def stats_by_region(stats: Table) -> dict[str, dict[str, float | int | None]]:
+    """{region name: {statistic: value}} of a `region_stats` table (for unit summaries)."""
+    keep = [c for c in stats.columns if c not in ("marker", "region")]
+    return {row["region"]: {c: row[c] for c in keep} for row in stats.rows}

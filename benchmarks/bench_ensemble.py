@@ -1,0 +1,184 @@
+"""Ensemble predictor vs reload-per-participant baseline on a SHIVA-sized network (issue #4).
+
+Network: 3D U-net on the 160x214x176 SHIVA grid, 8 base filters doubling per level, 7 levels
+(the published Unet3Dv2-10.7.2 depth, reference/SHIVA.md §2.2; MEASUREMENTS.md), each block two
+3x3x3 conv + BN + swish; random weights; one SavedModel folder per fold.
+
+(a) baseline, the published `predict_one_file.py` pattern (SHIVA.md §3): for each participant,
+    for each fold, `tf.saved_model.load` + `serve` + release;
+(b) `EnsemblePredictor`: each fold loaded once for all participants.
+
+Each mode runs in its own process so its peak RSS is its own. Prints s/participant (wall and
+CPU time; CPU time is the fairer ratio on a shared machine), the ratio (a)/(b), peak RSS, and
+the max abs difference of the two results.
+
+    python benchmarks/bench_ensemble.py            # 5 folds, 8 participants (minutes)
+    python benchmarks/bench_ensemble.py --quick    # 2 folds, 3 participants
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+SHAPE = (160, 214, 176)
+BASE_FILTERS = 8
+LEVELS = 7
+
+
+def build_network(seed: int):
+    """The SHIVA-sized U-net (Keras 3); 'same' pooling + crop handles the odd 107 side."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+
+    def block(x, filters, name):
+        for i in range(2):
+            x = layers.Conv3D(filters, 3, padding="same", name=f"{name}_conv{i}")(x)
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            x = layers.Activation("swish", name=f"{name}_swish{i}")(x)
+        return x
+
+    inp = layers.Input((*SHAPE, 1), name="image")
+    x, skips = inp, []
+    for level in range(LEVELS - 1):
+        x = block(x, BASE_FILTERS * 2**level, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling3D(2, padding="same", name=f"pool{level}")(x)
+    x = block(x, BASE_FILTERS * 2**(LEVELS - 1), "bottom")
+    for level in reversed(range(LEVELS - 1)):
+        skip = skips[level]
+        x = layers.UpSampling3D(2, name=f"up{level}")(x)
+        extra = [int(u) - int(s) for u, s in zip(x.shape[1:4], skip.shape[1:4])]
+        if any(extra):
+            x = layers.Cropping3D(tuple((0, e) for e in extra), name=f"crop{level}")(x)
+        x = layers.Concatenate(name=f"cat{level}")([skip, x])
+        x = block(x, BASE_FILTERS * 2**level, f"dec{level}")
+    out = layers.Conv3D(1, 1, activation="sigmoid", name="head")(x)
+    return keras.Model(inp, out, name="shiva_sized_unet")
+
+
+def build_models(root: Path, folds: int) -> Path:
+    """Export `folds` SavedModels and write their descriptor; returns the descriptor path."""
+    from shiva_bids.models.testing import write_descriptor
+
+    folder = root / "T1-PVS"
+    paths = []
+    for fold in range(folds):
+        path = folder / f"bench_fold_{fold}.tf_inference"
+        model = build_network(seed=fold)
+        if fold == 0:
+            print(f"network: {model.count_params() / 1e6:.1f} M parameters", flush=True)
+        model.export(str(path), format="tf_saved_model", verbose=False)
+        paths.append(path)
+    return write_descriptor(folder, paths, "PVS", ["t1"], architecture="bench-unet",
+                            model_format="SavedModel")
+
+
+def participants(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    grid = np.indices(SHAPE).astype(np.float32)
+    centre = (np.array(SHAPE, np.float32) / 2)[:, None, None, None]
+    radii = (np.array(SHAPE, np.float32) * 0.4)[:, None, None, None]
+    mask = (((grid - centre) / radii) ** 2).sum(0) <= 1
+    images = [rng.random((*SHAPE, 1), dtype=np.float32) for _ in range(n)]
+    return images, [mask] * n
+
+
+def run_baseline(descriptor_path: Path, n: int) -> list[np.ndarray]:
+    """Reload every fold for every participant (SHIVA_CMB `predict_one_file.py` pattern)."""
+    import gc
+
+    import tensorflow as tf
+
+    from shiva_bids.models import load_descriptor
+
+    descriptor = load_descriptor(descriptor_path)
+    images, masks = participants(n)
+    results = []
+    for image, mask in zip(images, masks):
+        total = np.zeros(SHAPE, np.float64)
+        for fold in descriptor.folds:
+            model = tf.saved_model.load(str(fold))
+            out = model.serve(image[None]).numpy()[0, ..., 0]
+            total += np.where(out < 0.001, 0.0, out)
+            del model
+            gc.collect()
+        results.append((total / len(descriptor.folds)).astype(np.float32) * mask)
+    return results
+
+
+def run_ensemble(descriptor_path: Path, n: int) -> list[np.ndarray]:
+    from shiva_bids.models import EnsemblePredictor, load_descriptor
+
+    images, masks = participants(n)
+    predictor = EnsemblePredictor(load_descriptor(descriptor_path), device="cpu",
+                                  threads=os.cpu_count() or 1)
+    return [r.mean for r in predictor.predict(images, masks)]
+
+
+def child(mode: str, descriptor: Path, n: int, out: Path) -> None:
+    """One timed mode in this process; writes timing, peak RSS and the maps to `out`."""
+    import tensorflow as tf
+
+    threads = os.cpu_count() or 1
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    maps = (run_baseline if mode == "baseline" else run_ensemble)(descriptor, n)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    np.save(out.with_suffix(".npy"), np.stack(maps))
+    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    out.write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_gib": rss_gib}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 folds, 3 participants")
+    parser.add_argument("--folds", type=int)
+    parser.add_argument("--participants", type=int)
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "DESCRIPTOR", "N", "OUT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        mode, descriptor, n, out = args.child
+        child(mode, Path(descriptor), int(n), Path(out))
+        return 0
+    folds = args.folds or (2 if args.quick else 5)
+    n = args.participants or (3 if args.quick else 8)
+    with tempfile.TemporaryDirectory(prefix="bench_ensemble_") as tmp:
+        tmp = Path(tmp)
+        started = time.perf_counter()
+        descriptor = build_models(tmp, folds)
+        print(f"built {folds} SavedModel folds in {time.perf_counter() - started:.0f} s; "
+              f"{n} participants", flush=True)
+        stats = {}
+        for mode in ("baseline", "ensemble"):
+            out = tmp / f"{mode}.json"
+            subprocess.run([sys.executable, __file__, "--child", mode, str(descriptor), str(n),
+                            str(out)], check=True, env={**os.environ,
+                                                        "PYTHONPATH": str(Path.cwd())})
+            stats[mode] = json.loads(out.read_text())
+            print(f"{mode:9s}: {stats[mode]['seconds'] / n:6.1f} s/participant wall, "
+                  f"{stats[mode]['cpu_seconds'] / n:6.1f} CPU-s/participant, "
+                  f"peak RSS {stats[mode]['peak_rss_gib']:.2f} GiB", flush=True)
+        diff = np.abs(np.load(tmp / "baseline.npy") - np.load(tmp / "ensemble.npy")).max()
+    ratio = stats["baseline"]["seconds"] / stats["ensemble"]["seconds"]
+    cpu_ratio = stats["baseline"]["cpu_seconds"] / stats["ensemble"]["cpu_seconds"]
+    print(f"speed-up ensemble vs baseline: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time "
+          f"(target >= 1.5x at 8 participants); max |baseline - ensemble| = {diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

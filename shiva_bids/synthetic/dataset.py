@@ -1,0 +1,323 @@
+"""Write a phantom BIDS dataset and its ground-truth derivative dataset.
+
+Layout (issue #3 item 5):
+
+    OUT/dataset_description.json, README.md, participants.tsv/.json
+    OUT/sub-XX[/ses-YY]/anat/sub-XX[_ses-YY]_{T1w,FLAIR,T2starw,T2w}.nii.gz (+ .json)
+    OUT/derivatives/reference/   (DatasetType derivative)
+        sub-XX[/ses-YY]/anat/sub-XX[_ses-YY]_space-<S>_desc-brain_mask.nii.gz
+                                 sub-XX[_ses-YY]_space-<S>_label-<M>_mask.nii.gz
+                                 sub-XX[_ses-YY]_lesions.tsv (+ .json; in .bidsignore)
+        with S in T1w, FLAIR, SWI (the T2starw grid), T2w and M in PVS, WMH, CMB, LAC: the
+        app's own output names (`space-T1w_label-PVS_mask`, `space-SWI_label-CMB_mask`), so
+        outputs and truth compare file by file.
+
+Sessions get a `ses-` level only when there are several. Every file goes through
+`shiva_bids.io` (atomic, deterministic gzip), so the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from shiva_bids import __version__
+from shiva_bids.bids.derivatives import (BIDS_VERSION, DatasetInfo, bids_uri, derivative_path,
+                                         ensure_bidsignore, write_dataset_description,
+                                         write_sidecar)
+from shiva_bids.bids.inputs import InputSet
+from shiva_bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
+from shiva_bids.markers import MARKER_NAMES, MARKERS
+from shiva_bids.synthetic.lesions import LOADS
+from shiva_bids.synthetic.phantom import (MODALITIES, SPACE_LABEL, NativeImage, Session,
+                                          TruthLesion, acquire_session, make_participant)
+from shiva_bids.volume import Volume
+
+log = logging.getLogger(__name__)
+
+REFERENCE_DIR = Path("derivatives") / "reference"
+LESION_COLUMNS = ("marker", "kind", "region", "x_mm", "y_mm", "z_mm", "voxels", "volume_mm3")
+
+
+@dataclass(frozen=True)
+class SyntheticUnit:
+    """One written participant-session and its truth.
+
+    `images`: modality (T1w, FLAIR, T2starw, T2w) -> raw image path.
+    `brain_masks`: modality -> true brain mask on that modality's grid.
+    `truth`: marker -> truth mask in the app's output space (T1w; SWI for CMB), when present.
+    `truth_by_space`: space label (T1w, FLAIR, SWI, T2w) -> marker -> truth mask path.
+    `lesions`: every marker lesion with centroid (world mm of this session), size, region.
+    """
+
+    subject: str
+    session: str | None
+    load: str
+    images: dict[str, Path]
+    brain_masks: dict[str, Path]
+    truth: dict[str, Path]
+    truth_by_space: dict[str, dict[str, Path]]
+    lesions: tuple[TruthLesion, ...]
+    lesion_table: Path
+
+    def input_set(self) -> InputSet:
+        """The unit as the app's discovery would find it (SWI role = the T2starw image)."""
+        return InputSet(subject=self.subject, session=self.session,
+                        t1w=self.images.get("T1w"), flair=self.images.get("FLAIR"),
+                        swi=self.images.get("T2starw"), t2w=self.images.get("T2w"))
+
+    @property
+    def unit_id(self) -> str:
+        """`sub-X[_ses-Y]`."""
+        return self.input_set().unit_id
+
+    @property
+    def entities(self) -> dict[str, str]:
+        """`{"sub": X[, "ses": Y]}` for derivative names."""
+        return self.input_set().entities
+
+    def lesions_of(self, marker: str) -> tuple[TruthLesion, ...]:
+        return tuple(les for les in self.lesions if les.marker == marker)
+
+
+@dataclass(frozen=True)
+class SyntheticDataset:
+    """A written phantom dataset: raw `root` and ground truth under `reference_root`."""
+
+    root: Path
+    reference_root: Path
+    seed: int
+    units: list[SyntheticUnit] = field(default_factory=list)
+
+    def unit(self, subject: str, session: str | None = None) -> SyntheticUnit:
+        for unit in self.units:
+            if unit.subject == subject and unit.session == session:
+                return unit
+        raise KeyError(f"no unit sub-{subject} ses-{session}")
+
+
+def generate_dataset(out_dir: Path, n_participants: int = 2, n_sessions: int = 1, seed: int = 0,
+                     loads: Sequence[str] | None = None,
+                     modalities: Sequence[str] = MODALITIES,
+                     figure: bool = False) -> SyntheticDataset:
+    """Write a phantom BIDS dataset with `n_participants` x `n_sessions` units.
+
+    `loads` gives each participant's lesion load (none, mild or severe; default cycles
+    mild, severe, none). `figure` also writes `derivatives/reference/figures/<unit>_phantom.png`
+    for the first unit.
+    """
+    out_dir = Path(out_dir)
+    modalities = tuple(modalities)
+    _check_arguments(n_participants, n_sessions, loads, modalities)
+    reference = out_dir / REFERENCE_DIR
+    participants = [make_participant(seed, i, loads[i] if loads else None)
+                    for i in range(n_participants)]
+    units = []
+    for participant in participants:
+        for s in range(n_sessions):
+            label = f"{s + 1:02d}" if n_sessions > 1 else None
+            session = acquire_session(participant, s, label, modalities)
+            units.append(_write_unit(out_dir, reference, session))
+            log.info("phantom %s written (load %s)", units[-1].unit_id, participant.load)
+            if figure and len(units) == 1:
+                from shiva_bids.synthetic.figure import write_phantom_figure
+                write_phantom_figure(session, reference / "figures"
+                                     / f"{units[0].unit_id}_phantom.png")
+        participant.__dict__.pop("canvases", None)  # free ~150 MB before the next one
+    _write_raw_dataset_files(out_dir, participants, seed, n_sessions, modalities)
+    _write_reference_dataset_files(out_dir, reference, figure)
+    return SyntheticDataset(root=out_dir, reference_root=reference, seed=seed, units=units)
+
+
+def _check_arguments(n_participants, n_sessions, loads, modalities) -> None:
+    if n_participants < 1 or n_sessions < 1:
+        raise ValueError("n_participants and n_sessions must be at least 1")
+    if loads is not None:
+        if len(loads) != n_participants:
+            raise ValueError(f"{len(loads)} loads given for {n_participants} participants")
+        bad = [load for load in loads if load not in LOADS]
+        if bad:
+            raise ValueError(f"unknown lesion load(s) {bad}; use {', '.join(LOADS)}")
+    unknown = set(modalities) - set(MODALITIES)
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be among {', '.join(MODALITIES)}")
+
+
+def _write_unit(root: Path, reference: Path, session: Session) -> SyntheticUnit:
+    participant = session.participant
+    entities = {"sub": participant.label}
+    if session.label:
+        entities["ses"] = session.label
+    anat = root / f"sub-{participant.label}"
+    if session.label:
+        anat = anat / f"ses-{session.label}"
+    anat = anat / "anat"
+    stem = "_".join(f"{k}-{v}" for k, v in entities.items())
+    images, brain_masks, by_space = {}, {}, {}
+    for modality, image in session.images.items():
+        path = anat / f"{stem}_{modality}.nii.gz"
+        # Level 1: noisy int16 images barely compress better at 6, which takes 5x longer.
+        atomic_save_nifti(_nifti(image.data, image.grid.affine), path, compresslevel=1)
+        atomic_write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
+                          _raw_sidecar(image, participant.seed))
+        images[modality] = path
+        uri = bids_uri(path, root, "raw")
+        space = SPACE_LABEL[modality]
+        brain_masks[modality] = _write_mask(reference, entities, space, image.brain_mask(),
+                                            image, uri, desc="brain")
+        by_space[space] = {marker: _write_mask(reference, entities, space,
+                                               image.marker_mask(marker), image, uri,
+                                               label=marker)
+                           for marker in MARKER_NAMES}
+    truth = {marker: by_space[MARKERS[marker].space][marker] for marker in MARKER_NAMES
+             if MARKERS[marker].space in by_space}
+    table = _write_lesion_table(reference, entities, session.lesions)
+    return SyntheticUnit(subject=participant.label, session=session.label,
+                         load=participant.load, images=images, brain_masks=brain_masks,
+                         truth=truth, truth_by_space=by_space, lesions=session.lesions,
+                         lesion_table=table)
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray):
+    """NIfTI with sform = qform = affine and units mm (the validator warns without units)."""
+    img = Volume(data, affine).to_nifti()
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def read_lesion_table(path: Path) -> tuple[TruthLesion, ...]:
+    """Read back a `*_lesions.tsv` written by :func:`generate_dataset`."""
+    lines = Path(path).read_text().splitlines()
+    if not lines or tuple(lines[0].split("\t")) != LESION_COLUMNS:
+        raise ValueError(f"{path}: not a phantom lesion table (columns {LESION_COLUMNS})")
+    out = []
+    for line in lines[1:]:
+        marker, kind, region, x, y, z, voxels, volume = line.split("\t")
+        out.append(TruthLesion(marker=marker, kind=kind, region=region,
+                               centroid_mm=(float(x), float(y), float(z)), voxels=int(voxels),
+                               volume_mm3=float(volume)))
+    return tuple(out)
+
+
+def _raw_sidecar(image: NativeImage, seed: int) -> dict:
+    grid = image.grid
+    return {
+        "Synthetic": True,
+        "SyntheticGenerator": f"shiva-bids {__version__} (shiva_bids.synthetic)",
+        "SyntheticSeed": seed,
+        "SyntheticAcquisition": grid.label,
+        "Manufacturer": "shiva-bids phantom",
+        "MRAcquisitionType": "3D" if grid.label.startswith("3D") else "2D",
+        "SliceThickness": round(max(grid.zooms), 4),
+        "SyntheticNoiseFraction": round(image.effects.noise, 4),
+    }
+
+
+def _write_mask(reference: Path, entities: dict[str, str], space: str, data: np.ndarray,
+                image: NativeImage, source_uri: str, desc: str | None = None,
+                label: str | None = None) -> Path:
+    path = derivative_path(reference, entities, "mask", space=space, label=label, desc=desc)
+    atomic_save_nifti(_nifti(data.astype(np.uint8), image.grid.affine), path)
+    if desc == "brain":
+        mask_type, what = "Brain", "true brain mask (phantom template brain)"
+    else:
+        mask_type = MARKERS[label].mask_type
+        what = f"true {MARKERS[label].description} ({label})"
+    write_sidecar(path, {
+        "Type": mask_type,
+        "Description": f"Ground truth of the synthetic phantom: {what}, sampled on the "
+                       f"{image.modality} grid by nearest neighbour from the 1 mm phantom grid.",
+        "Sources": [source_uri],
+        "SpatialReference": source_uri,
+        "Synthetic": True,
+    })
+    return path
+
+
+def _write_lesion_table(reference: Path, entities: dict[str, str],
+                        lesions: Sequence[TruthLesion]) -> Path:
+    path = derivative_path(reference, entities, "lesions", ".tsv")
+    rows = ["\t".join(LESION_COLUMNS)]
+    for les in lesions:
+        rows.append("\t".join([les.marker, les.kind, les.region,
+                               *(f"{v:.2f}" for v in les.centroid_mm), str(les.voxels),
+                               f"{les.volume_mm3:.2f}"]))
+    atomic_write_text(path, "\n".join(rows) + "\n")
+    atomic_write_json(path.with_suffix(".json"), {
+        "marker": {"Description": "SHIVA marker: PVS, WMH, CMB or LAC"},
+        "kind": {"Description": "How the generator made the lesion"},
+        "region": {"Description": "Where it lies: lobar, deep WM, basal ganglia, "
+                                  "infratentorial or periventricular"},
+        "x_mm": {"Description": "Centroid, scanner (world) RAS x", "Units": "mm"},
+        "y_mm": {"Description": "Centroid, scanner (world) RAS y", "Units": "mm"},
+        "z_mm": {"Description": "Centroid, scanner (world) RAS z", "Units": "mm"},
+        "voxels": {"Description": "Voxels on the 1 mm phantom grid"},
+        "volume_mm3": {"Description": "voxels x participant size factor", "Units": "mm^3"},
+    })
+    return path
+
+
+def _write_raw_dataset_files(root: Path, participants, seed: int, n_sessions: int,
+                             modalities: Sequence[str]) -> None:
+    atomic_write_json(root / "dataset_description.json", {
+        "Name": f"shiva-bids synthetic phantom (seed {seed})",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "raw",
+        "License": "CC0",
+        "Authors": ["shiva-bids synthetic generator"],
+        "GeneratedBy": [{"Name": "shiva-bids", "Version": __version__,
+                         "Description": "shiva_bids.synthetic phantom generator"}],
+    })
+    rows = ["participant_id\tage\tsex\tload"]
+    rows += [f"sub-{p.label}\t{p.age}\t{p.sex}\t{p.load}" for p in participants]
+    atomic_write_text(root / "participants.tsv", "\n".join(rows) + "\n")
+    atomic_write_json(root / "participants.json", {
+        "age": {"Description": "Simulated age", "Units": "year"},
+        "sex": {"Description": "Simulated sex", "Levels": {"F": "female", "M": "male"}},
+        "load": {"Description": "Simulated small vessel disease lesion load",
+                 "Levels": {"none": "no lesions", "mild": "few small lesions",
+                            "severe": "many and larger lesions"}},
+    })
+    atomic_write_text(root / "README.md", _README.format(
+        seed=seed, n=len(participants), sessions=n_sessions, modalities=", ".join(modalities),
+        version=__version__))
+
+
+def _write_reference_dataset_files(root: Path, reference: Path, figure: bool) -> None:
+    write_dataset_description(DatasetInfo(
+        bids_dir=root, output_dir=reference,
+        description="Ground truth of the shiva-bids synthetic phantom (shiva_bids.synthetic)"))
+    # "figures" without a trailing slash: bids-validator-deno 3.0.2 still reports the folder
+    # itself (NOT_INCLUDED) when the pattern is "figures/".
+    patterns = ["*_lesions.tsv", "*_lesions.json"] + (["figures"] if figure else [])
+    ensure_bidsignore(reference, patterns)
+    atomic_write_text(reference / "README.md", _REFERENCE_README)
+
+
+_README = """# Synthetic phantom dataset (not real data)
+
+This dataset is a **phantom**: every image was computed by `shiva_bids.synthetic` (shiva-bids
+{version}) from the ICBM152 2009a template bundled with nilearn, with simulated head, anatomy
+variation, head pose, scanner bias field and Rician noise, and simulated small vessel disease
+lesions (perivascular spaces, white matter hyperintensities, microbleeds, lacunes). It contains
+no data from any person. Its only uses are testing, demonstrating and benchmarking software.
+
+- seed: {seed}; participants: {n}; sessions per participant: {sessions}
+- modalities: {modalities} (T2starw is an SWI-like T2*-weighted magnitude image)
+- `participants.tsv`: simulated age and sex, and the simulated lesion load (none/mild/severe)
+- `derivatives/reference/`: the exact ground truth (brain masks and one mask per marker in the
+  native space of each modality, and a lesion table per session)
+
+The same seed always produces byte-identical files.
+"""
+
+_REFERENCE_README = """# Ground truth of the synthetic phantom
+
+Masks named like shiva-bids outputs (`space-T1w_label-PVS_mask`, `space-SWI_label-CMB_mask`,
+`space-T1w_desc-brain_mask`, ...) in the native grid of each raw image: a voxel belongs to a
+marker exactly when the phantom's lesion generator changed the tissue at that voxel's centre.
+`*_lesions.tsv` lists every lesion (marker, kind, region, centroid in scanner mm, size).
+"""
