@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from shiva_bids.errors import OutputError, UsageError
+from shiva_bids.io import atomic_write_text
 
 DEMO_MODELS_DIR = Path(__file__).resolve().parent / "data" / "demo_models"
 
@@ -34,6 +35,7 @@ NO_MODELS_MESSAGE = (
 DEMO_PARTICIPANTS = 3
 DEMO_LOADS = ("severe", "mild", "severe")  # participant 1 (2 sessions), 2, 3
 DEMO_SEED = 0  # phantom seeds 0-999 are for tests and the demo (training: 1000-8999)
+DEMO_MARKER_FILE = ".shiva-bids-demo"  # written once the demo dataset is complete
 
 
 def build_demo_dataset(bids_dir: Path, seed: int = DEMO_SEED) -> Path:
@@ -53,6 +55,10 @@ def build_demo_dataset(bids_dir: Path, seed: int = DEMO_SEED) -> Path:
                 lines = table.read_text().splitlines()
                 table.write_text("\n".join(line for line in lines
                                            if not line.startswith("ses-02")) + "\n")
+    readme = dataset.root / "README.md"
+    if readme.is_file():
+        readme.write_text(readme.read_text() + "\nThe demo kept session 02 of the first "
+                          "participant only.\n")
     return dataset.root
 
 
@@ -77,12 +83,17 @@ def main(argv: Sequence[str]) -> int:
             raise UsageError("invalid arguments (see `shiva-bids demo --help`)") from exc
         raise
     out = args.out.absolute()
-    if out.exists() and any(out.iterdir()):
-        raise OutputError(f"{out}: the demo folder must be new or empty")
     bids, derivatives, work = out / "bids", out / "derivatives", out / "work"
+    marker = out / DEMO_MARKER_FILE
     started = time.monotonic()
-    print(f"[demo] writing a phantom BIDS dataset to {bids}", flush=True)
-    build_demo_dataset(bids, args.seed)
+    if marker.is_file():  # a previous demo: reuse its dataset; done units are skipped
+        print(f"[demo] re-using the phantom dataset of an earlier demo in {bids}", flush=True)
+    elif out.exists() and any(out.iterdir()):
+        raise OutputError(f"{out}: the demo folder must be new, empty, or an earlier demo's")
+    else:
+        print(f"[demo] writing a phantom BIDS dataset to {bids}", flush=True)
+        build_demo_dataset(bids, args.seed)
+        atomic_write_text(marker, f"shiva-bids demo, phantom seed {args.seed}\n")
     common = ["-w", str(work)] + (["--nprocs", str(args.nprocs)] if args.nprocs else [])
     steps = [
         ("participant level with the bundled demo models",

@@ -78,3 +78,13 @@ def test_bundled_models_meet_targets_on_heldout_phantoms():
         row = next(r for r in rows if r.marker == marker
                    and abs(r.threshold - MARKERS[marker].threshold) < 1e-9)
         assert getattr(row, metric) >= target, f"{marker} {metric} {getattr(row, metric):.3f}"
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):
+    from shiva_bids.cli import main as cli_main
+    from shiva_bids.errors import ExitCode
+
+    (tmp_path / "precious.txt").write_text("user data")
+    assert cli_main(["demo", str(tmp_path)]) == ExitCode.CANNOT_CREATE_OUTPUT
+    assert "must be new, empty, or an earlier demo's" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
