@@ -256,6 +256,9 @@ def write_group_outputs(output_dir: Path, found: GroupInputs) -> GroupOutputs:
 
 def run_group_level(config: RunConfig) -> ExitCode:
     """Gather every unit of `config.output_dir` into the group table and report."""
+    if config.pipeline == "fetal-cgm":
+        from shiva_bids.fetal.pipeline import run_fetal_group
+        return run_fetal_group(config)
     output_dir = config.output_dir
     if not output_dir.is_dir():
         raise MissingInputError(f"{output_dir}: no such folder; run the participant level "

@@ -88,9 +88,6 @@ class Anatomy:
         """Template mm (..., 3) -> canvas voxel coordinates."""
         return np.asarray(points_mm, float) - self.affine[:3, 3]
 
-    def voxel_to_mm(self, voxels: np.ndarray) -> np.ndarray:
-        return np.asarray(voxels, float) + self.affine[:3, 3]
-
 
 def template_dir() -> Path:
     """`nilearn/datasets/data` of the installed nilearn (found without importing nilearn,

@@ -5,7 +5,7 @@ arbitrary units around 0-1 (issue #3 item 3): T1w WM > GM > CSF; FLAIR with CSF 
 an SWI-like T2*-weighted magnitude where deep grey matter, veins and microbleeds are dark; T2w
 with bright CSF. Scanner effects (bias, noise, global scale) are added later on native grids.
 
-Lesion voxels get a class (see LESION_CLASSES); their value in each contrast is a blend of the
+Lesion voxels get a class (PVS ... VEIN below); their value in each contrast is a blend of the
 tissue value and a target, so the lesion generator's changes are exactly the class voxels.
 """
 from __future__ import annotations

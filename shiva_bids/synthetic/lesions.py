@@ -10,7 +10,7 @@ Each marker is placed where it occurs in patients (issue #3 item 4):
   cortico-subcortical junction, in the basal ganglia or infratentorially;
 * LAC: ellipsoidal cavities 3-15 mm in the basal ganglia or deep WM, with a 1-voxel gliotic rim.
 
-Painting works on a uint8 class volume (contrasts.LESION_CLASSES) and an int32 id volume on
+Painting works on a uint8 class volume (the class codes of contrasts.py) and an int32 id volume on
 the 1 mm canvas. A later lesion overwrites an earlier one; decorations (rim, blooming halo,
 veins) never overwrite a marker. The truth of each marker is therefore exactly the set of
 voxels whose class is that marker, and each lesion's voxel count is taken after all painting.
@@ -72,7 +72,7 @@ class PaintedLesion:
 class LesionMap:
     """The lesion classes on the canvas and the list of marker lesions."""
 
-    classes: np.ndarray  # uint8, contrasts.LESION class codes
+    classes: np.ndarray  # uint8, class codes of contrasts.py (PVS=1 ... VEIN=7)
     lesions: tuple[PaintedLesion, ...]
     load: str
 

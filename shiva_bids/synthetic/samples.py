@@ -3,8 +3,8 @@
 For training the demo models (issue #3 item 6) no BIDS files and no anisotropic grids are
 needed: the four contrasts are sampled straight onto a 1 mm RAS box of the model shape
 (160x214x176, reference/SHIVA.md §5.5) centred on the brain, with a random anatomy variation,
-pose, intensity gamma, bias field and noise, then normalised the SHIVA way (reference/SHIVA.md §5.7):
-x <- clip(x / p99_in_brain, 0, 1.3) / 1.3 after negatives -> 0.
+pose, intensity gamma, bias field and noise, then normalised the SHIVA way
+(reference/SHIVA.md §5.7): x <- clip(x / p99_in_brain, 0, 1.3) / 1.3 after negatives -> 0.
 """
 from __future__ import annotations
 
