@@ -1,0 +1,1 @@
+"""Accuracy against reference masks: voxel Dice and cluster detection (docs/demo.md)."""

@@ -1,0 +1,95 @@
+"""Demo-model training and export: reproducible, and loadable through the model layer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from shiva_bids.markers import SHIVA_MODEL_SHAPE  # noqa: E402
+from shiva_bids.models import EnsemblePredictor, load_descriptor  # noqa: E402
+from shiva_bids.training.data import PatchSampler, Volume4D, marker_channels  # noqa: E402
+from shiva_bids.training.export import (ModelSetName, export_savedmodel,  # noqa: E402
+                                        write_descriptor)
+from shiva_bids.training.train import TrainConfig, split_folds, train_fold  # noqa: E402
+from shiva_bids.training.unet import predict_padded  # noqa: E402
+
+
+def _volumes(channels: int) -> dict[int, Volume4D]:
+    rng = np.random.default_rng(0)
+    volumes = {}
+    for seed in (1000, 1001):
+        truth = np.zeros((24, 26, 22), np.uint8)
+        truth[8:12, 9:13, 7:10] = 1
+        image = rng.uniform(0, 0.5, (*truth.shape, channels)).astype(np.float32)
+        image[truth > 0] = 0.9
+        volumes[seed] = Volume4D(image, truth, np.ones_like(truth), ("t1",) * channels)
+    return volumes
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(seed=1000, folds=2, n_phantoms=2, patch=16, batch=2,
+                steps={"WMH": 3, "PVS": 3, "CMB": 3, "LAC": 3}, base_filters=2, depth=2)
+    return TrainConfig(**(base | overrides))
+
+
+def test_channels_per_marker_are_shiva_ones():
+    # reference/SHIVA.md §1.1: T1 for PVS, T1+FLAIR for WMH and LAC, SWI for CMB
+    assert marker_channels("PVS") == ("t1",)
+    assert marker_channels("WMH") == ("t1", "flair")
+    assert marker_channels("LAC") == ("t1", "flair")
+    assert marker_channels("CMB") == ("swi",)
+
+
+def test_folds_split_the_pool():
+    seeds = list(range(1000, 1006))
+    train0, val0 = split_folds(seeds, 2, 0)
+    train1, val1 = split_folds(seeds, 2, 1)
+    assert sorted(val0 + val1) == seeds and not set(val0) & set(val1)
+    assert set(train0) == set(val1) and set(train1) == set(val0)
+
+
+def test_patches_are_lesion_biased():
+    volume = _volumes(1)[1000]
+    sampler = PatchSampler([volume], 8, 1.0, np.random.default_rng(3))
+    x, y = sampler.batch(6)
+    assert x.shape == (6, 8, 8, 8, 1) and y.shape == (6, 8, 8, 8, 1)
+    assert all(patch.sum() > 0 for patch in y)  # every patch sees some lesion
+
+
+def test_training_is_reproducible():
+    volumes = _volumes(2)
+    first = train_fold("WMH", 0, volumes, _config())
+    again = train_fold("WMH", 0, volumes, _config())
+    other = train_fold("WMH", 1, volumes, _config(), start_from=first.model)
+    for a, b in zip(first.model.get_weights(), again.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert other.train_seeds != first.train_seeds
+    assert other.steps == round(3 * 0.5)  # a warm-started fold trains half the steps (default)
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(first.model.get_weights(), other.model.get_weights()))
+
+
+def test_export_loads_through_the_model_layer(tmp_path):
+    result = train_fold("CMB", 0, _volumes(1), _config())
+    names = ModelSetName("CMB", ("swi",))
+    fold = names.fold_name(result.spec, 0)
+    export_savedmodel(result.model, result.spec, tmp_path / fold)
+    path = write_descriptor(tmp_path, names, result.spec, [fold], "21/11/2026")
+    payload = json.loads(path.read_text())
+    assert list(payload)[:6] == ["version", "release date", "author", "url", "target",
+                                 "modalities"]
+    assert payload["demo"] is True and payload["model_format"] == "SavedModel"
+    descriptor = load_descriptor(path)
+    assert descriptor.is_demo and descriptor.target == "CMB"
+    predictor = EnsemblePredictor(descriptor, device="cpu", threads=2)
+    assert tuple(predictor.input_shape[:3]) == SHIVA_MODEL_SHAPE and predictor.channels == 1
+    image = np.zeros((*SHIVA_MODEL_SHAPE, 1), np.float32)
+    image[40:44, 50:54, 60:63] = 0.9
+    out = predictor.predict([image], [None])[0].mean
+    expected = predict_padded(result.model, tf.constant(image[None]), result.spec.multiple)
+    expected = expected.numpy()[0, ..., 0]
+    expected[expected < 0.001] = 0
+    np.testing.assert_allclose(out, expected, atol=1e-5)
