@@ -42,14 +42,6 @@ from shiva_bids.volume import Volume
 
 log = logging.getLogger(__name__)
 
-MODELS_HELP = (
-    "no SHIVA models given: download the SHIVA model folders (their model_info*.json "
-    "descriptors and fold files) from the SHIVA model repositories "
-    "(https://github.com/pboutinaud/SHIVA_PVS, SHIVA_WMH, SHIVA_CMB, SHIVA_LAC; download "
-    "links in each README) and pass the folder with --models-dir; to try the tool without "
-    "them, run `shiva-bids demo OUT` (bundled demo models, not for research)")
-
-
 @dataclass
 class UnitPlan:
     """What will run for one unit."""
@@ -68,7 +60,8 @@ class UnitPlan:
 def load_descriptors(config: RunConfig) -> list[ModelDescriptor]:
     """Every descriptor under `--models-dir`; a clear error when no model was given."""
     if config.models_dir is None and not config.model_overrides:
-        raise UsageError(MODELS_HELP)
+        from shiva_bids.demo import NO_MODELS_MESSAGE
+        raise UsageError(NO_MODELS_MESSAGE)
     return discover_descriptors(config.models_dir) if config.models_dir else []
 
 
