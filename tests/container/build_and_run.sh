@@ -27,7 +27,9 @@
 #   STATE [/var/tmp/shiva-bids-docker]  RUN_UID [4242]  RUN_GID [4242]
 #   KEEP [0]: 1 keeps the daemon, its data-root and the test data for inspection
 #   MODELS_DIR: a host folder of SHIVA models (mounted at /models); default: the bundled demo models
-#   PARTICIPANT_ARGS: extra arguments for the participant level (e.g. "--markers PVS")
+#   PARTICIPANT_ARGS: extra arguments for the participant level (e.g. "--markers PVS CMB", or
+#              "--derivatives truth=/bids/derivatives/reference" for the phantom's brain masks)
+#   SYNTH_ARGS [--participants 1 --sessions 1]: arguments of `shiva-bids synth` (run in the image)
 set -euo pipefail
 
 REPO=${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
@@ -41,6 +43,7 @@ RUN_UID=${RUN_UID:-4242}
 RUN_GID=${RUN_GID:-4242}
 KEEP=${KEEP:-0}
 PARTICIPANT_ARGS=${PARTICIPANT_ARGS:-}
+SYNTH_ARGS=${SYNTH_ARGS:---participants 1 --sessions 1}
 MODELS_DIR=${MODELS_DIR:-}
 PYTHON=${PYTHON:-python3}
 DATA="$STATE/data"
@@ -187,15 +190,30 @@ timed_run() {  # timed_run LABEL ARGS... : runs the container, records rc and ti
     return "$rc"
 }
 
-check_outputs() {
-    local out=$DATA/out
+check_outputs() {  # check_outputs MARKER...: the files of docs/outputs.md, owned by RUN_UID
+    local out=$DATA/out marker kind
     [[ -f "$out/dataset_description.json" ]] || fail "no $out/dataset_description.json"
-    local n_nii; n_nii=$(find "$out" -name '*.nii.gz' | wc -l)
-    ((n_nii > 0)) || fail "no NIfTI outputs under $out"
-    local foreign; foreign=$(find "$out" ! -uid "$RUN_UID" | head -3)
+    for marker in "$@"; do
+        for kind in "label-${marker}_probseg.nii.gz" "label-${marker}_mask.nii.gz" \
+                    "seg-${marker}_dseg.nii.gz" "seg-${marker}_dseg.tsv" "seg-${marker}_stats.tsv"; do
+            [[ -n "$(find "$out" -path "$out/sub-*" -name "*_$kind" | head -1)" ]] \
+                || fail "no *_$kind under $out"
+        done
+    done
+    [[ -n "$(find "$out" -maxdepth 1 -name 'sub-*.html' | head -1)" ]] || fail "no participant report"
+    local file
+    for file in group_report.html group/shiva_group.tsv group/shiva_clusters.tsv; do
+        [[ -s "$out/$file" ]] || fail "no $out/$file"
+    done
+    local n_rows; n_rows=$(($(wc -l <"$out/group/shiva_group.tsv") - 1))
+    local foreign; foreign=$(find "$out" "$DATA/work" ! -uid "$RUN_UID" | head -3)
     [[ -z "$foreign" ]] || fail "outputs not owned by uid $RUN_UID: $foreign"
-    note "outputs: $n_nii NIfTI files, $(find "$out" -type f | wc -l) files, all owned by uid $RUN_UID"
+    note "outputs: $(find "$out" -name '*.nii.gz' | wc -l) NIfTI, $(find "$out" -type f | wc -l)" \
+         "files (probseg/mask/dseg/dseg.tsv/stats.tsv for ${*:-no marker}, reports," \
+         "group table: $n_rows rows), all owned by uid $RUN_UID (outputs and work)"
 }
+
+input_digest() { (cd "$DATA/bids" && find . -type f -print0 | sort -z | xargs -0 md5sum | md5sum); }
 
 in_image() {  # in_image PYTHON_CODE: run Python inside the image (read-only, as RUN_UID)
     run_app --entrypoint python "$IMAGE" -c "$1"
@@ -205,7 +223,8 @@ in_image() {  # in_image PYTHON_CODE: run Python inside the image (read-only, as
 # one-participant dataset (a blurred-ellipsoid T1w + FLAIR) made with nibabel inside the image.
 make_dataset() {
     if in_image "import shiva_bids.synthetic.cli" >/dev/null 2>&1; then
-        timed_run synth -v "$DATA:/data" "$IMAGE" synth /data/bids \
+        local synth_args=(); read -r -a synth_args <<<"$SYNTH_ARGS"
+        timed_run synth -v "$DATA:/data" "$IMAGE" synth /data/bids "${synth_args[@]}" \
             || fail "shiva-bids synth failed (log: $STATE/synth.log)"
         return
     fi
@@ -259,7 +278,13 @@ print(p.name, p.stat().st_size, 'bytes')" 2>&1 | tail -1)"
         if [[ -n "$demo" ]]; then args+=(--models-dir "$demo"); note "models: demo models $demo"
         else note "models: no demo models in this build (shiva_bids/data/demo_models)"; fi
     fi
+    # The root filesystem and the input mount really are read-only for the app's user.
+    run_app -v "$DATA/bids:/bids:ro" --entrypoint sh "$IMAGE" -c \
+        'touch /opt/probe 2>/dev/null || touch /bids/probe 2>/dev/null || exit 0; exit 1' \
+        || fail "the image root or the :ro input is writable"
+    note "read-only: --read-only root and /bids:ro refuse writes (uid $RUN_UID)"
     # Input read-only, outputs and work on their own mounts, everything else read-only.
+    local before; before=$(input_digest)
     local rc=0
     timed_run participant -v "$DATA/bids:/bids:ro" -v "$DATA/out:/out" -v "$DATA/work:/work" \
         "${mounts[@]}" "$IMAGE" /bids /out participant -w /work --skip-bids-validation -v "${args[@]}" || rc=$?
@@ -269,7 +294,12 @@ print(p.name, p.stat().st_size, 'bytes')" 2>&1 | tail -1)"
     fi
     timed_run group -v "$DATA/bids:/bids:ro" -v "$DATA/out:/out" -v "$DATA/work:/work" \
         "$IMAGE" /bids /out group -w /work -v || fail "group level failed (log: $STATE/group.log)"
-    check_outputs
+    [[ "$(input_digest)" == "$before" ]] || fail "the input dataset changed"
+    note "input: unchanged (md5 of every file before/after)"
+    local markers
+    markers=$(sed -n 's/.*--markers \(\([A-Z][A-Z]* *\)*\).*/\1/p' <<<"$PARTICIPANT_ARGS")
+    # shellcheck disable=SC2086
+    check_outputs ${markers:-PVS WMH CMB LAC}
 }
 
 main() {  # main [STEP...]: steps among base build run stop (default: base build run)
