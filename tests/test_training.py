@@ -13,10 +13,10 @@ from shiva_bids.models import EnsemblePredictor, load_descriptor  # noqa: E402
 from shiva_bids.training.data import (PatchSampler, Volume4D, dark_non_lesion_voxels,  # noqa: E402
                                       marker_channels)
 from shiva_bids.training.export import (ModelSetName, export_savedmodel,  # noqa: E402
-                                        write_descriptor)
+                                        load_savedmodel_weights, write_descriptor)
 from shiva_bids.training.train import (TrainConfig, split_folds, train_fold,  # noqa: E402
                                        tversky_bce_loss)
-from shiva_bids.training.unet import predict_padded  # noqa: E402
+from shiva_bids.training.unet import build_unet, predict_padded  # noqa: E402
 
 
 def _volumes(channels: int) -> dict[int, Volume4D]:
@@ -128,3 +128,7 @@ def test_export_loads_through_the_model_layer(tmp_path):
     expected = expected.numpy()[0, ..., 0]
     expected[expected < 0.001] = 0
     np.testing.assert_allclose(out, expected, atol=1e-5)
+    # --init-from: an exported fold's weights come back into a fresh network
+    restored = load_savedmodel_weights(build_unet(result.spec, name="again"), tmp_path / fold)
+    for a, b in zip(result.model.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -95,7 +95,8 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str, Path | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, out, release_date, cache_dir, init_from = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    config, out, release_date, cache_dir, init_from = parse_args(argv)
     setup_logging(1)
     import tensorflow as tf
 
