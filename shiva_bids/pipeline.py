@@ -24,23 +24,38 @@ import nibabel as nib
 import numpy as np
 
 from shiva_bids import __version__
-from shiva_bids.bids.derivatives import bids_uri, derivative_name, unit_dir
+from shiva_bids.bids.derivatives import bids_uri, unit_dir
 from shiva_bids.bids.inputs import MODALITY_TO_ROLE, InputSet
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import UsageError
 from shiva_bids.log import unit_log
+from shiva_bids.markers import MARKERS
+from shiva_bids.models import (
+    EnsembleOutput,
+    EnsemblePredictor,
+    ModelDescriptor,
+    discover_descriptors,
+    select_descriptors,
+)
 from shiva_bids.progress import Progress
 from shiva_bids.reports.citation import methods_markdown, write_citation
-from shiva_bids.markers import MARKERS
-from shiva_bids.models import EnsembleOutput, EnsemblePredictor, ModelDescriptor, \
-    discover_descriptors, select_descriptors
-from shiva_bids.runner import (RunOutcome, UnitOutcome, available_modalities, chunk_size,
-                               chunks, elapsed, guarded, parallel_map, pending_units,
-                               record_failure)
+from shiva_bids.runner import (
+    RunOutcome,
+    UnitOutcome,
+    available_modalities,
+    chunk_size,
+    chunks,
+    elapsed,
+    guarded,
+    parallel_map,
+    pending_units,
+    record_failure,
+)
 from shiva_bids.summary import COMPLETE, MarkerSummary, UnitSummary, write_summary
 from shiva_bids.volume import Volume
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class UnitPlan:
@@ -186,8 +201,12 @@ def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
                   output: EnsembleOutput, provenance: dict, dseg: Volume | None
                   ) -> MarkerSummary:
     """Native-space maps, clusters, statistics and derivative files of one marker."""
-    from shiva_bids.postprocessing import build_regions, postprocess_marker, \
-        stats_by_region, write_marker_outputs
+    from shiva_bids.postprocessing import (
+        build_regions,
+        postprocess_marker,
+        stats_by_region,
+        write_marker_outputs,
+    )
     inputs, spec = plan.inputs, MARKERS[marker]
     space = spec.space
     prob = unit.to_native(space, output.mean, "linear")
@@ -255,7 +274,10 @@ def save_qc_figures(config: RunConfig, inputs: InputSet, unit) -> None:
 def finish_unit(config: RunConfig, plan: UnitPlan, unit,
                 outputs: dict[str, EnsembleOutput], provenance: dict[str, dict]) -> UnitOutcome:
     """Every output of one unit; the summary (completion record) is written last."""
-    from shiva_bids.reports.participant import draw_marker_figures, render_participant_report
+    from shiva_bids.reports.participant import (
+        draw_marker_figures,
+        render_participant_report,
+    )
     inputs = plan.inputs
     dseg = _load_dseg(inputs)
     summary = UnitSummary(

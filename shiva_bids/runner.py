@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from shiva_bids.bids.derivatives import unit_dir
-from shiva_bids.bids.inputs import InputSet, MODALITY_TO_ROLE
+from shiva_bids.bids.inputs import MODALITY_TO_ROLE, InputSet
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import ShivaError
 from shiva_bids.io import atomic_write_text

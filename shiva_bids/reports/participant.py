@@ -104,7 +104,8 @@ def render_participant_report(output_dir: Path, summary: UnitSummary) -> Path:
                                summary.brain_mask_method)
     page = environment().get_template("participant.html").render(
         s=summary, markers=done, all_markers=list(summary.markers.values()),
-        figures=marker_figs, qc_figures=qc_figs, methods_html=methods_html(methods), css=stylesheet(),
+        figures=marker_figs, qc_figures=qc_figs, methods_html=methods_html(methods),
+        css=stylesheet(),
         marker_titles={k: v.description for k, v in MARKERS.items()},
         pipeline_title="SHIVA small vessel disease markers")
     return atomic_write_text(output_dir / f"{summary.unit_id}.html", page)
