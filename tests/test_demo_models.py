@@ -77,14 +77,7 @@ def heldout_rows():
                           thresholds=tuple(sorted({m.threshold for m in MARKERS.values()})))
 
 
-LAC_MISS = ("LAC cluster F1 is 0.26 at the default threshold 0.2 on held-out phantoms "
-            "(false-positive clusters, precision 0.15; 0.82 at 0.5): the bundled LAC model "
-            "misses the issue #8 target, see docs/demo.md")
-
-
-@pytest.mark.parametrize("marker", [
-    "PVS", "WMH", "CMB", pytest.param("LAC", marks=pytest.mark.xfail(strict=True,
-                                                                      reason=LAC_MISS))])
+@pytest.mark.parametrize("marker", ["PVS", "WMH", "CMB", "LAC"])
 def test_bundled_models_meet_targets_on_heldout_phantoms(heldout_rows, marker):
     metric, target = TARGETS[marker]
     row = next(r for r in heldout_rows if r.marker == marker

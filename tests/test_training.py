@@ -10,11 +10,13 @@ tf = pytest.importorskip("tensorflow")
 
 from shiva_bids.markers import SHIVA_MODEL_SHAPE  # noqa: E402
 from shiva_bids.models import EnsemblePredictor, load_descriptor  # noqa: E402
-from shiva_bids.training.data import PatchSampler, Volume4D, marker_channels  # noqa: E402
+from shiva_bids.training.data import (PatchSampler, Volume4D, dark_non_lesion_voxels,  # noqa: E402
+                                      marker_channels)
 from shiva_bids.training.export import (ModelSetName, export_savedmodel,  # noqa: E402
-                                        write_descriptor)
-from shiva_bids.training.train import TrainConfig, split_folds, train_fold  # noqa: E402
-from shiva_bids.training.unet import predict_padded  # noqa: E402
+                                        load_savedmodel_weights, write_descriptor)
+from shiva_bids.training.train import (TrainConfig, split_folds, train_fold,  # noqa: E402
+                                       tversky_bce_loss)
+from shiva_bids.training.unet import build_unet, predict_padded  # noqa: E402
 
 
 def _volumes(channels: int) -> dict[int, Volume4D]:
@@ -59,6 +61,39 @@ def test_patches_are_lesion_biased():
     assert all(patch.sum() > 0 for patch in y)  # every patch sees some lesion
 
 
+def test_hard_negative_patches_sit_on_dark_non_lesion_voxels():
+    volume = _volumes(1)[1000]
+    image = 0.3 + volume.image / 2.5  # background 0.3-0.5, lesion 0.66
+    image[2:14, 14:26, 10:22, 0] = 0.0  # a CSF-like pocket (12.6 % of the brain), no lesion
+    volume = Volume4D(image, volume.truth, volume.brain, volume.channels)
+    pocket = np.zeros(volume.truth.shape, bool)
+    pocket[2:14, 14:26, 10:22] = True
+    dark = dark_non_lesion_voxels(volume)
+    assert pocket[tuple(dark.T)].all() and len(dark) == pocket.sum()
+    sampler = PatchSampler([volume], 4, 0.0, np.random.default_rng(3), hard_negative_fraction=1.0)
+    x, y = sampler.batch(8)
+    assert not y.any() and all((patch == 0).any() for patch in x)
+    # without hard negatives the draws are those of the plain sampler (old runs repeat)
+    plain = PatchSampler([volume], 4, 0.5, np.random.default_rng(5)).batch(4)
+    again = PatchSampler([volume], 4, 0.5, np.random.default_rng(5), 0.0).batch(4)
+    np.testing.assert_array_equal(plain[0], again[0])
+
+
+def test_tversky_loss_is_dice_at_half_and_weights_false_positives_above():
+    truth = tf.constant([[1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    prob = tf.constant([[0.9, 0.8, 0.6, 0.4, 0.0, 0.0]])
+    tp, fp, fn = 1.7, 1.0, 0.3
+    bce = float(tf.reduce_mean(tf.keras.losses.binary_crossentropy(truth, prob)))
+    dice = (2 * tp + 1) / (2 * tp + fp + fn + 1)
+    assert float(tversky_bce_loss(truth, prob)) == pytest.approx(1 - dice + bce, rel=1e-5)
+    assert float(tversky_bce_loss(truth, prob, 0.5, 0.0)) == pytest.approx(1 - dice, rel=1e-5)
+    # more false positives than false negatives here: weighting them raises the loss
+    assert float(tversky_bce_loss(truth, prob, 0.7, 0.0)) > float(
+        tversky_bce_loss(truth, prob, 0.5, 0.0))
+    assert float(tversky_bce_loss(truth, prob, 0.7, 0.0)) == pytest.approx(
+        1 - (tp + 0.5) / (tp + 0.3 * fn + 0.7 * fp + 0.5), rel=1e-5)
+
+
 def test_training_is_reproducible():
     volumes = _volumes(2)
     first = train_fold("WMH", 0, volumes, _config())
@@ -93,3 +128,7 @@ def test_export_loads_through_the_model_layer(tmp_path):
     expected = expected.numpy()[0, ..., 0]
     expected[expected < 0.001] = 0
     np.testing.assert_allclose(out, expected, atol=1e-5)
+    # --init-from: an exported fold's weights come back into a fresh network
+    restored = load_savedmodel_weights(build_unet(result.spec, name="again"), tmp_path / fold)
+    for a, b in zip(result.model.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(a, b)

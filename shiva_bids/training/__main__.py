@@ -13,9 +13,12 @@ from typing import Sequence
 from shiva_bids.io import atomic_write_text
 from shiva_bids.log import setup_logging
 from shiva_bids.markers import MARKER_NAMES
-from shiva_bids.training.data import TRAIN_SEEDS, make_phantoms, phantom_for_marker
-from shiva_bids.training.export import ModelSetName, export_savedmodel, write_descriptor
+from shiva_bids.training.data import (TRAIN_SEEDS, make_phantoms, marker_channels,
+                                      phantom_for_marker)
+from shiva_bids.training.export import (ModelSetName, export_savedmodel,
+                                        load_savedmodel_weights, write_descriptor)
 from shiva_bids.training.train import TrainConfig, train_fold
+from shiva_bids.training.unet import UNetSpec, build_unet
 
 log = logging.getLogger("shiva_bids.training")
 
@@ -33,7 +36,7 @@ def _steps(values: Sequence[str], markers: Sequence[str]) -> dict[str, int]:
     return steps
 
 
-def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str, Path | None]:
+def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str, Path | None, Path | None]:
     parser = argparse.ArgumentParser(prog="python -m shiva_bids.training",
                                      description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="models folder to write")
@@ -49,6 +52,14 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str, Path | None
     parser.add_argument("--steps", nargs="+", default=["300"],
                         help="N for every marker, or MARKER=N pairs")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--lesion-fraction", type=float, default=0.7,
+                        help="fraction of patches centred near a lesion")
+    parser.add_argument("--hard-negative-fraction", type=float, default=0.0,
+                        help="fraction of patches centred on CSF-like dark non-lesion voxels")
+    parser.add_argument("--fp-weight", type=float, default=0.5,
+                        help="Tversky weight of false positives (0.5: soft Dice)")
+    parser.add_argument("--bce-weight", type=float, default=1.0,
+                        help="weight of the cross-entropy term of the loss")
     parser.add_argument("--warm-start-fraction", type=float, default=0.5,
                         help="folds > 0 start from fold 0 and train this fraction of the steps")
     parser.add_argument("--base-filters", type=int, default=8)
@@ -57,6 +68,9 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str, Path | None
                         help="wall-time budget per fold (one value, or one per fold): a fold "
                              "stops early when it is spent; the steps run are logged, so the "
                              "run can be repeated exactly with --steps")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="fine-tune: fold k starts from fold k of the marker in this models "
+                             "folder and trains --warm-start-fraction of the steps")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep generated phantoms here and reuse them in later runs")
     parser.add_argument("--release-date", default=datetime.date.today().strftime("%d/%m/%Y"),
@@ -66,6 +80,9 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str, Path | None
                          n_phantoms=args.n_phantoms, loads=tuple(args.loads), patch=args.patch,
                          batch=args.batch, steps=_steps(args.steps, args.markers),
                          learning_rate=args.learning_rate,
+                         lesion_fraction=args.lesion_fraction,
+                         hard_negative_fraction=args.hard_negative_fraction,
+                         fp_weight=args.fp_weight, bce_weight=args.bce_weight,
                          warm_start_fraction=args.warm_start_fraction,
                          max_seconds=tuple(args.max_seconds) if args.max_seconds else None,
                          base_filters=args.base_filters,
@@ -74,11 +91,12 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, str, Path | None
     if seeds[0] not in TRAIN_SEEDS or seeds[-1] not in TRAIN_SEEDS:
         parser.error(f"phantom seeds {seeds[0]}-{seeds[-1]} leave the training range "
                      f"{TRAIN_SEEDS.start}-{TRAIN_SEEDS.stop - 1}")
-    return config, args.out, args.release_date, args.cache_dir
+    return config, args.out, args.release_date, args.cache_dir, args.init_from
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, out, release_date, cache_dir = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    config, out, release_date, cache_dir, init_from = parse_args(argv)
     setup_logging(1)
     import tensorflow as tf
 
@@ -88,14 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                               list(config.loads), cache_dir)))
     log.info("%d phantoms in %.0f s", len(phantoms), time.monotonic() - started)
     for marker in config.markers:
-        record = {"config": {**config.__dict__, "markers": [marker]}, "folds": []}
+        record = {"config": {**config.__dict__, "markers": [marker],
+                             "init_from": str(init_from) if init_from else None}, "folds": []}
         volumes = {seed: phantom_for_marker(p, marker) for seed, p in phantoms.items()}
         names = ModelSetName(marker, tuple(volumes[config.seed].channels))
         fold_names, first = [], None
         for fold in range(config.folds):
-            result = train_fold(marker, fold, volumes, config, first)
+            spec = UNetSpec(len(marker_channels(marker)), config.base_filters, config.depth)
+            fold_name = names.fold_name(spec, fold)
+            start = first if init_from is None else load_savedmodel_weights(
+                build_unet(spec, name="init"), init_from / fold_name)
+            result = train_fold(marker, fold, volumes, config, start)
             first = first or result.model
-            fold_name = names.fold_name(result.spec, fold)
             export_savedmodel(result.model, result.spec, out / fold_name)
             fold_names.append(fold_name)
             record["folds"].append({

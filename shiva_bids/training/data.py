@@ -86,30 +86,52 @@ def make_phantoms(seeds: list[int], loads: list[str], cache_dir: Path | None = N
     return [make_phantom(seed, loads[i % len(loads)], cache_dir) for i, seed in enumerate(seeds)]
 
 
+#: Hard negatives are non-lesion brain voxels whose first channel lies in this lowest fraction
+#: of the brain's values: with T1 first (PVS, WMH, LAC) these are the CSF-like dark voxels
+#: (ventricle borders, sulci, CSF pockets) that a lacune or PVS model most easily mistakes.
+HARD_NEGATIVE_QUANTILE = 0.10
+
+
+def dark_non_lesion_voxels(volume: Volume4D, quantile: float = HARD_NEGATIVE_QUANTILE) -> np.ndarray:
+    """(N, 3) coordinates of brain, non-lesion voxels whose channel 0 is below its `quantile`."""
+    brain = volume.brain > 0
+    first = volume.image[..., 0]
+    cutoff = np.quantile(first[brain], quantile)
+    return np.argwhere(brain & (volume.truth == 0) & (first <= cutoff))
+
+
 class PatchSampler:
-    """Random training patches, a fraction `lesion_fraction` of them centred near a lesion.
+    """Random training patches: near a lesion, on a CSF-like hard negative, or anywhere in the brain.
 
     Lesions are rare (a few hundred voxels in 6 M), so uniform patches would teach the network
-    to predict nothing; lesion-centred patches (with a random offset) fix the class balance,
-    the others (centred on brain voxels) teach it what is not a lesion. Random flips along
-    each axis augment both kinds.
+    to predict nothing; lesion-centred patches (with a random offset), a fraction
+    `lesion_fraction` of them, fix the class balance, the others (centred on brain voxels)
+    teach it what is not a lesion. A fraction `hard_negative_fraction` is centred on dark
+    non-lesion voxels (:func:`dark_non_lesion_voxels`), where false positives of cavity-like
+    lesions gather. Random flips along each axis augment every kind.
     """
 
     def __init__(self, volumes: list[Volume4D], patch: int, lesion_fraction: float,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, hard_negative_fraction: float = 0.0):
         self.volumes = volumes
         self.patch = patch
         self.lesion_fraction = lesion_fraction
+        self.hard_negative_fraction = hard_negative_fraction
         self.rng = rng
         self._lesion_voxels = [np.argwhere(v.truth > 0) for v in volumes]
         self._brain_voxels = [np.argwhere(v.brain > 0)[::7] for v in volumes]
+        self._dark_voxels = [dark_non_lesion_voxels(v) if hard_negative_fraction > 0
+                             else np.empty((0, 3), int) for v in volumes]
 
     def _corner(self, index: int) -> np.ndarray:
         volume = self.volumes[index]
-        lesions = self._lesion_voxels[index]
-        if len(lesions) and self.rng.random() < self.lesion_fraction:
+        lesions, dark = self._lesion_voxels[index], self._dark_voxels[index]
+        draw = self.rng.random()
+        if len(lesions) and draw < self.lesion_fraction:
             centre = lesions[self.rng.integers(len(lesions))]
             centre = centre + self.rng.integers(-self.patch // 4, self.patch // 4 + 1, 3)
+        elif len(dark) and draw < self.lesion_fraction + self.hard_negative_fraction:
+            centre = dark[self.rng.integers(len(dark))]
         else:
             brain = self._brain_voxels[index]
             centre = brain[self.rng.integers(len(brain))]

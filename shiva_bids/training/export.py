@@ -88,6 +88,16 @@ def export_savedmodel(model: keras.Model, spec: UNetSpec, path: Path) -> Path:
     return path
 
 
+def load_savedmodel_weights(model: keras.Model, path: Path) -> keras.Model:
+    """Set `model`'s weights from an exported fold (variables matched by name), for fine-tuning."""
+    saved = {v.name.removesuffix(":0"): v.numpy() for v in tf.saved_model.load(str(path)).variables}
+    missing = [w.path for w in model.weights if w.path not in saved]
+    if missing:
+        raise ValueError(f"{path}: no saved variable for {missing[:3]}")
+    model.set_weights([saved[w.path] for w in model.weights])
+    return model
+
+
 def descriptor_payload(name: ModelSetName, spec: UNetSpec, files: list[tuple[str, str]],
                        release_date: str) -> dict:
     """The descriptor content, keys in the order of the published SavedModel descriptors."""

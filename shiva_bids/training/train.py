@@ -9,8 +9,10 @@ with its own seed, so the ensemble's members differ both in data and in random d
 the CPU budget, folds after the first start from the first fold's weights and train for
 `warm_start_fraction` of the steps (0 trains every fold from scratch); held-out accuracy is
 measured separately on seeds >= 9000 (docs/demo.md).
-The loss is soft Dice + binary cross-entropy (a Dice-type loss for rare lesions, with BCE for
-stable early gradients).
+The loss is a soft Tversky index + weighted binary cross-entropy (a Dice-type loss for rare
+lesions, with BCE for stable early gradients); with the defaults (`fp_weight` 0.5, `bce_weight`
+1) the Tversky index is the soft Dice. `fp_weight` > 0.5 penalises false positives more than
+false negatives (used for the LAC demo model, docs/demo.md).
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ class TrainConfig:
     steps: dict[str, int] = field(default_factory=lambda: {m: 300 for m in MARKER_NAMES})
     learning_rate: float = 2e-3
     lesion_fraction: float = 0.7
+    hard_negative_fraction: float = 0.0  # patches centred on CSF-like dark non-lesion voxels
+    fp_weight: float = 0.5  # Tversky weight of false positives (false negatives: 1 - it)
+    bce_weight: float = 1.0
     warm_start_fraction: float = 0.5
     max_seconds: tuple[float, ...] | None = None  # per fold: stop a fold early after this
     base_filters: int = 8
@@ -68,13 +73,20 @@ class FoldResult:
     final_loss: float
 
 
-def dice_bce_loss(truth: tf.Tensor, prob: tf.Tensor) -> tf.Tensor:
-    """Soft Dice over the whole batch plus mean binary cross-entropy."""
-    smooth = 1.0
-    intersection = tf.reduce_sum(truth * prob)
-    dice = (2.0 * intersection + smooth) / (tf.reduce_sum(truth) + tf.reduce_sum(prob) + smooth)
+def tversky_bce_loss(truth: tf.Tensor, prob: tf.Tensor, fp_weight: float = 0.5,
+                     bce_weight: float = 1.0) -> tf.Tensor:
+    """(1 - soft Tversky index over the whole batch) + `bce_weight` x mean cross-entropy.
+
+    Tversky index = TP / (TP + (1 - fp_weight) FN + fp_weight FP); at `fp_weight` 0.5 it is the
+    soft Dice 2TP / (2TP + FN + FP) (both with a smoothing term of 1 in Dice units).
+    """
+    smooth = 0.5
+    tp = tf.reduce_sum(truth * prob)
+    fp = tf.reduce_sum((1.0 - truth) * prob)
+    fn = tf.reduce_sum(truth * (1.0 - prob))
+    tversky = (tp + smooth) / (tp + (1.0 - fp_weight) * fn + fp_weight * fp + smooth)
     bce = tf.reduce_mean(keras.losses.binary_crossentropy(truth, prob))
-    return (1.0 - dice) + bce
+    return (1.0 - tversky) + bce_weight * bce
 
 
 def split_folds(seeds: list[int], folds: int, fold: int) -> tuple[list[int], list[int]]:
@@ -102,12 +114,14 @@ def train_fold(marker: str, fold: int, volumes: dict[int, Volume4D], config: Tra
         steps = max(1, round(steps * config.warm_start_fraction))
     optimizer = keras.optimizers.Adam(config.learning_rate)
     sampler = PatchSampler([volumes[s] for s in train_seeds], config.patch,
-                           config.lesion_fraction, np.random.default_rng(run_seed))
+                           config.lesion_fraction, np.random.default_rng(run_seed),
+                           config.hard_negative_fraction)
 
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = dice_bce_loss(y, model(x, training=True))
+            loss = tversky_bce_loss(y, model(x, training=True), config.fp_weight,
+                                    config.bce_weight)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
