@@ -105,6 +105,7 @@ class PreprocessedUnit:
     warnings: list[str] = field(default_factory=list)
     qc: dict[str, float | int | str] = field(default_factory=dict)
     template_transform: TemplateTransform | None = None
+    _native_masks: dict[str, Volume] = field(default_factory=dict, repr=False)
 
     def to_native(self, space: str, array: np.ndarray, kind: str = "linear") -> Volume:
         """A model-grid map resampled onto the native grid of the space's reference image
@@ -117,11 +118,14 @@ class PreprocessedUnit:
         return Volume(data, ms.native_header_affine)
 
     def native_brain_mask(self, space: str) -> Volume:
-        """The brain mask (uint8) on the native grid of the space's reference image."""
-        ms = self.spaces[space]
-        data = resample_world(ms.conformed_mask.data, ms.conformed_mask.affine,
-                              ms.native_shape, ms.native_affine, "nearest")
-        return Volume(data.astype(np.uint8), ms.native_header_affine)
+        """The brain mask (uint8) on the native grid of the space's reference image
+        (resampled once per space, then re-used by every marker)."""
+        if space not in self._native_masks:
+            ms = self.spaces[space]
+            data = resample_world(ms.conformed_mask.data, ms.conformed_mask.affine,
+                                  ms.native_shape, ms.native_affine, "nearest")
+            self._native_masks[space] = Volume(data.astype(np.uint8), ms.native_header_affine)
+        return self._native_masks[space]
 
 
 def preprocess_unit(inputs: InputSet, needs: set[str], opts: PreprocOptions,
