@@ -63,7 +63,7 @@ class PreprocOptions:
     threads: int = 1
     seed: int = 0
     keep_model_space: bool = False
-    registration: str = "fast"  # "fast" or "reference" (SHiVAi's settings, SHIVA.md §5.6)
+    registration: str = "reference"  # SHiVAi's settings (SHIVA.md §5.6); "fast" caps them
     # ANTs interpolator of the FLAIR/T2w/SWI warp onto the cropped T1w grid: SHiVAi's Welch
     # windowed sinc (~25 s of CPU per image); "bSpline" costs ~2 s.
     warp_interpolator: str = "welchWindowedSinc"
