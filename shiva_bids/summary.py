@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shiva_bids.bids.derivatives import unit_dir
-from shiva_bids.bids.inputs import unit_entities, unit_id
+from shiva_bids.bids.inputs import UnitNames
 from shiva_bids.io import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -41,7 +41,7 @@ class MarkerSummary:
 
 
 @dataclass
-class UnitSummary:
+class UnitSummary(UnitNames):
     """Everything the group level and the report need about one participant/session."""
 
     subject: str
@@ -62,14 +62,6 @@ class UnitSummary:
     pipeline: str = "shiva"
     extra: dict[str, Any] = field(default_factory=dict)  # pipeline-specific values (fetal)
     schema_version: int = SCHEMA_VERSION
-
-    @property
-    def unit_id(self) -> str:
-        return unit_id(self.subject, self.session)
-
-    @property
-    def entities(self) -> dict[str, str]:
-        return unit_entities(self.subject, self.session)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

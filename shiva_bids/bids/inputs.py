@@ -21,8 +21,23 @@ def unit_entities(subject: str, session: str | None) -> dict[str, str]:
     return {"sub": subject, **({"ses": session} if session else {})}
 
 
+class UnitNames:
+    """`unit_id` and `entities` of anything with `subject` and `session` attributes."""
+
+    subject: str
+    session: str | None
+
+    @property
+    def unit_id(self) -> str:
+        return unit_id(self.subject, self.session)
+
+    @property
+    def entities(self) -> dict[str, str]:
+        return unit_entities(self.subject, self.session)
+
+
 @dataclass(frozen=True)
-class InputSet:
+class InputSet(UnitNames):
     """Paths of one unit's inputs. Missing roles are None.
 
     `t1w`, `flair`, `swi` (SWI or T2starw), `t2w` come from the raw dataset; `brain_mask` and
@@ -41,14 +56,6 @@ class InputSet:
     brain_mask: Path | None = None
     dseg: Path | None = None
     choices: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def unit_id(self) -> str:
-        return unit_id(self.subject, self.session)
-
-    @property
-    def entities(self) -> dict[str, str]:
-        return unit_entities(self.subject, self.session)
 
     def image(self, role: str) -> Path | None:
         """Path of the image with this role (`t1w`, `flair`, `swi`, `t2w`)."""
