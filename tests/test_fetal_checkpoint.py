@@ -55,11 +55,16 @@ def test_truncated_data_file(checkpoint):
         DeepMedicNet().load(checkpoint)
 
 
-def test_corrupt_data_file(checkpoint):
-    data = _data(checkpoint)
+def _flip_middle_byte(data) -> bytes:
+    """Corrupt one byte in the middle of a `.data` file (size unchanged); return the bytes."""
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+def test_corrupt_data_file(checkpoint):
+    _flip_middle_byte(_data(checkpoint))
     with pytest.raises(BadInputError, match="CRC32C"):
         DeepMedicNet().load(checkpoint)
 
@@ -100,11 +105,9 @@ def test_real_index_with_wrong_data(shared_dir, tmp_path):
 
 def test_skip_checksum_still_checks_size(checkpoint):
     data = _data(checkpoint)
-    raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    data.write_bytes(bytes(raw))
+    raw = _flip_middle_byte(data)
     with pytest.raises(BadInputError, match="cannot read net/.*Checksum does not match"):
         DeepMedicNet().load(checkpoint, verify=False)  # TensorFlow still checks while reading
-    data.write_bytes(bytes(raw[:-4]))
+    data.write_bytes(raw[:-4])
     with pytest.raises(BadInputError, match="truncated or wrong download"):
         DeepMedicNet().load(checkpoint, verify=False)
