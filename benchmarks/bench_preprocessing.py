@@ -1,6 +1,6 @@
 """Benchmark: whole preprocessing of one phantom participant (T1w + FLAIR + SWI, template brain
-mask, two rigid registrations) with the reference registration schedule (SHiVAi, baseline) and
-the fast default, each in its own process (time and peak RSS), on the same inputs.
+mask, two rigid registrations) with the reference registration schedule (SHiVAi's, the default)
+and the capped `fast` schedule, each in its own process (time and peak RSS), on the same inputs.
 
 Accuracy per run: brain-mask Dice against the phantom's true mask, and the registration error
 against a known misalignment (the FLAIR and SWI headers are moved by a known rigid transform,
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ref, fast = results["reference"], results["fast"]
     print(f"fast / reference: time {fast['seconds'] / ref['seconds']:.2f}, peak RSS "
           f"{fast['peak_gib'] / ref['peak_gib']:.2f}")
-    print("targets: <= 90 s and <= 3 GiB on 2 cores (fast):",
-          "met" if fast["seconds"] <= 90 and fast["peak_gib"] <= 3 else "NOT met")
+    print("targets: <= 90 s and <= 3 GiB on 2 cores (reference, the default):",
+          "met" if ref["seconds"] <= 90 and ref["peak_gib"] <= 3 else "NOT met")
     return 0
 
 

@@ -251,9 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder for intermediate files (default: ./work)")
     run.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", type=_positive_int,
                      default=None, metavar="N",
-                     help="participants/sessions preprocessed in parallel (default: CPU count)")
+                     help="participants/sessions preprocessed in parallel (default: CPU count); "
+                          "inference, one process at a time, uses this many threads")
     run.add_argument("--omp-nthreads", "--omp_nthreads", type=_positive_int, default=None,
-                     metavar="N", help="threads per process (default: CPU count / nprocs)")
+                     metavar="N", help="threads per preprocessing process (default: CPU count "
+                                       "/ nprocs)")
     run.add_argument("--mem", "--mem-gb", "--mem_gb", type=_memory_gb, metavar="GB",
                      help="memory budget in GB (suffixes M, G accepted); sizes inference batches")
     run.add_argument("--device", choices=DEVICES, default="auto",

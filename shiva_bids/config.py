@@ -74,5 +74,12 @@ class RunConfig:
         return self.markers or MARKER_NAMES
 
     @property
+    def inference_threads(self) -> int:
+        """TensorFlow threads for inference. Inference runs in one process at a time (fold after
+        fold over all units), so it gets the whole CPU budget (--nprocs), not the per-process
+        share (--omp-nthreads) that parallel preprocessing workers each get."""
+        return max(self.nprocs, self.omp_nthreads)
+
+    @property
     def logs_dir(self) -> Path:
         return self.output_dir / "logs"

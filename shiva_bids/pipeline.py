@@ -103,7 +103,7 @@ def make_predictors(config: RunConfig, plans: Sequence[UnitPlan]
         for descriptor in plan.descriptors.values():
             if descriptor.path not in predictors:
                 predictors[descriptor.path] = EnsemblePredictor(
-                    descriptor, device=config.device, threads=config.omp_nthreads,
+                    descriptor, device=config.device, threads=config.inference_threads,
                     mem_gb=config.mem_gb, tta=config.tta,
                     verify_checksums=not config.skip_model_checksum)
     return predictors

@@ -67,6 +67,7 @@ def test_every_flag_parses_into_the_config(tmp_path: Path):
     assert config.replace_t1 == "t2" and config.inverse_t2 and config.keep_model_space
     assert config.work_dir == tmp_path / "work"
     assert (config.nprocs, config.omp_nthreads, config.mem_gb) == (2, 1, 8.0)
+    assert config.inference_threads == 2  # inference runs alone: the whole --nprocs budget
     assert config.reports_only and config.stop_on_first_crash and config.force
     assert (config.random_seed, config.verbosity) == (7, 2)
 

@@ -35,8 +35,7 @@ def _misalignment() -> np.ndarray:
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     """One participant with T1w, FLAIR and SWI (2 mm slices); the FLAIR header moved by a known
-    rigid transform. (A FLAIR whose field of view is also cut to its upper 70 % registered with
-    a 3.0 mm mean error: not yet within the 1 mm target, see docs/preprocessing.md.)"""
+    rigid transform (a FLAIR with a cut field of view: tests/test_registration.py)."""
     root = tmp_path_factory.mktemp("phantom")
     ds = generate_dataset(root / "raw", n_participants=1, seed=7, loads=["severe"],
                           modalities=["T1w", "FLAIR", "T2starw"])

@@ -112,6 +112,8 @@ def test_export_loads_through_the_model_layer(tmp_path):
     names = ModelSetName("CMB", ("swi",))
     fold = names.fold_name(result.spec, 0)
     export_savedmodel(result.model, result.spec, tmp_path / fold)
+    # No XLA-compiled kernel in the serving graph (on CPU it made inference several times slower)
+    assert b"_XlaMustCompile" not in (tmp_path / fold / "saved_model.pb").read_bytes()
     path = write_descriptor(tmp_path, names, result.spec, [fold], "21/11/2026")
     payload = json.loads(path.read_text())
     assert list(payload)[:6] == ["version", "release date", "author", "url", "target",

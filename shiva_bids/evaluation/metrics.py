@@ -87,7 +87,27 @@ def score_masks(prediction: np.ndarray, reference: np.ndarray, min_size: int = 1
 def threshold_sweep(probability: np.ndarray, reference: np.ndarray,
                     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
                     min_sizes: tuple[int, ...] = (1,)) -> list[tuple[float, int, Scores]]:
-    """Scores of `probability > t` for every threshold t and predicted-cluster minimum size."""
+    """Scores of `probability > t` for every threshold t and predicted-cluster minimum size.
+
+    Everything outside the bounding box of the reference and of `probability > min(t)` is zero
+    at every threshold, so the sweep runs on that box only (same scores, labelling a box
+    instead of the whole volume: ~10x faster on native-space maps)."""
+    if probability.shape != reference.shape:
+        raise ValueError(f"prediction {probability.shape} and reference {reference.shape} "
+                         "are not on the same grid")
+    box = _bounding_box((probability > min(thresholds)) | (reference > 0))
+    probability, reference = probability[box], reference[box]
     reference_labels = label_clusters(reference)
     return [(t, size, score_masks(probability > t, reference, size, reference_labels))
             for t in thresholds for size in min_sizes]
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every True voxel of `mask` (one voxel if none)."""
+    if not mask.any():
+        return tuple(slice(0, 1) for _ in mask.shape)
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)

@@ -281,7 +281,7 @@ def run_fetal_participant(config: RunConfig) -> ExitCode:
     log.info("fetal-cgm: %d T2w selected, %d to do", len(units), len(todo))
     if not todo:
         return ExitCode.NO_INPUT if missing else ExitCode.OK
-    set_threads(config.omp_nthreads)
+    set_threads(config.inference_threads)
     nets, models = load_networks(config.models_dir, verify=not config.skip_model_checksum)
     batch = batch_size_for_memory(config.mem_gb)
     failures: list[ExitCode] = []

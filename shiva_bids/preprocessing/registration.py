@@ -3,13 +3,23 @@
 Reference settings (SHiVAi, reference/SHIVA.md §5.6): Rigid[0.1], Mattes MI with 64 bins,
 4 levels, shrink 4x2x1x1, smoothing 4x2x1x0 mm, iterations 1000x500x250x125 (convergence 1e-6
 over 10), regular sampling of 25 % of the voxels, winsorising [0.005, 0.995], no histogram
-matching, centre-of-mass initialisation, fixed mask = cropped brain mask for FLAIR.
+matching, centre-of-mass initialisation, fixed mask = cropped brain mask for FLAIR (and here for
+SWI too, see preprocessing/pipeline.py).
 
 `REFERENCE` (the default) reproduces that command; `FAST` keeps the metric, sampling and
 initialisation and drops the full-resolution repetition and most iterations. Both converge
 early and cost the same here (~32 s CPU), and `FAST` once left a 3 mm error on a phantom with a
-12-degree misalignment, so the reference settings are the default. The antsRegistration command is assembled here rather than through
-`ants.registration(type_of_transform="Rigid")`, whose fixed settings differ from SHiVAi's.
+12-degree misalignment, so the reference settings are the default. The antsRegistration command
+is assembled here rather than through `ants.registration(type_of_transform="Rigid")`, whose
+fixed settings differ from SHiVAi's.
+
+Start: SHiVAi starts from the intensity centres of mass only. When the moving image's field of
+view is much smaller than the T1w's (a FLAIR cut to the upper part of the head), its centre of
+mass is pulled away from the brain centre and the optimiser can stop several mm off. We
+therefore also run the same schedule from the headers' own alignment (identity start) and keep
+the result whose mutual information with the fixed image is higher (:func:`alignment_score`);
+the centre-of-mass result wins ties, so on ordinary data the result is SHiVAi's. Each extra
+start costs one registration (~7 s of CPU), not another sinc warp.
 """
 from __future__ import annotations
 
@@ -74,11 +84,19 @@ class RigidResult:
     warped: Volume
     rotation_deg: float  # sum of |Euler angles| (SHIVA.md §11 QC)
     translation_mm: float
+    start: str = "com"  # the start whose result was kept (see STARTS)
+    scores: dict[str, float] | None = None  # alignment_score of each start tried
+
+
+# "com": intensity centres of mass (SHiVAi, SHIVA.md §5.6); "header": identity, i.e. the
+# alignment the image headers already give.
+STARTS: tuple[str, ...] = ("com", "header")
 
 
 def run_ants(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str,
-             stages: list[Stage], fixed_mask: np.ndarray | None = None, seed: int = 0) -> None:
-    """Run antsRegistration with centre-of-mass initialisation and the given stages.
+             stages: list[Stage], fixed_mask: np.ndarray | None = None, seed: int = 0,
+             start: str = "com") -> None:
+    """Run antsRegistration from `start` (see STARTS) with the given stages.
 
     Outputs follow ANTs naming under `prefix` (`0GenericAffine.mat`, `1Warp.nii.gz`, ...).
     Winsorising [0.005, 0.995], no histogram matching and float precision as SHiVAi (§5.6); a
@@ -92,9 +110,12 @@ def run_ants(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str,
         keep.append(mask_img)
         mask = f"[{get_pointer_string(mask_img)},NA]"
     warped, inverse = fixed.clone(), moving.clone()
+    if start not in STARTS:
+        raise ValueError(f"unknown registration start {start!r}")
     args = ["--dimensionality", "3", "--float", "1", "--collapse-output-transforms", "1",
-            "--random-seed", str(seed), "--write-composite-transform", "0",
-            "--initial-moving-transform", f"[{fixed_str},{moving_str},1]"]
+            "--random-seed", str(seed), "--write-composite-transform", "0"]
+    if start == "com":
+        args += ["--initial-moving-transform", f"[{fixed_str},{moving_str},1]"]
     for stage in stages:
         args += stage.args(fixed_str, moving_str, mask)
     args += ["--winsorize-image-intensities", "[0.005,0.995]", "--use-histogram-matching", "0",
@@ -108,20 +129,54 @@ def run_ants(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str,
 def register_rigid(fixed: Volume, moving: Volume, transform_path: Path,
                    fixed_mask: np.ndarray | None = None,
                    settings: Stage = REFERENCE, interpolator: str = "welchWindowedSinc",
-                   seed: int = 0) -> RigidResult:
+                   seed: int = 0, starts: tuple[str, ...] = STARTS) -> RigidResult:
     """Register `moving` rigidly to `fixed`, save the transform, warp `moving` onto `fixed`.
 
-    The warped output uses Welch-windowed sinc as SHiVAi does (§5.6); it may undershoot below 0,
-    which the normalisation sets to 0 like the reference.
+    One registration per start in `starts`; the transform with the best
+    :func:`alignment_score` is kept (the first start wins ties). The warped output uses
+    Welch-windowed sinc as SHiVAi does (§5.6); it may undershoot below 0, which the
+    normalisation sets to 0 like the reference.
     """
+    fixed_ants, moving_ants = to_ants(fixed), to_ants(moving)
+    scores: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="shiva_rigid_") as tmp:
-        prefix = str(Path(tmp) / "rigid_")
-        run_ants(to_ants(fixed), to_ants(moving), prefix, [settings], fixed_mask, seed)
+        for start in starts:
+            prefix = str(Path(tmp) / f"{start}_")
+            run_ants(fixed_ants, moving_ants, prefix, [settings], fixed_mask, seed, start)
+            if len(starts) > 1:
+                scores[start] = alignment_score(fixed, moving,
+                                                Path(prefix + "0GenericAffine.mat"), fixed_mask)
+        best = max(starts, key=lambda s: (round(scores.get(s, 0.0), 3), -starts.index(s)))
+        if len(starts) > 1:
+            log.debug("rigid starts %s: kept %s", scores, best)
         transform_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(prefix + "0GenericAffine.mat", transform_path)
+        shutil.copyfile(str(Path(tmp) / f"{best}_0GenericAffine.mat"), transform_path)
     warped = apply_rigid(moving, fixed.shape, fixed.affine, transform_path, interpolator)
     rotation, translation = rigid_magnitude(transform_path)
-    return RigidResult(transform_path, warped, rotation, translation)
+    return RigidResult(transform_path, warped, rotation, translation, best, scores)
+
+
+def alignment_score(fixed: Volume, moving: Volume, transform: Path,
+                    fixed_mask: np.ndarray | None = None, bins: int = 64,
+                    stride: int = 2) -> float:
+    """Mutual information (nats, 64-bin joint histogram) between `fixed` and `moving` resampled
+    through `transform` (linear), over every `stride`-th fixed voxel per axis inside
+    `fixed_mask` (all without one) whose mapped position lies inside the moving field of view."""
+    step = (slice(None, None, stride),) * 3
+    values = np.asarray(fixed.data)[step]
+    affine = fixed.affine @ np.diag([stride, stride, stride, 1.0])
+    warped = apply_rigid(moving, values.shape, affine, transform, "linear").data
+    inside = apply_rigid(Volume(np.ones(moving.shape, np.float32), moving.affine), values.shape,
+                         affine, transform, "nearestNeighbor").data > 0.5
+    if fixed_mask is not None:
+        inside &= np.asarray(fixed_mask)[step] > 0
+    if inside.sum() < bins:
+        return 0.0
+    joint, _, _ = np.histogram2d(values[inside], warped[inside], bins=bins)
+    joint /= joint.sum()
+    px, py = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log(joint[nz] / (px @ py)[nz])).sum())
 
 
 def apply_rigid(moving: Volume, shape: tuple[int, ...], affine: np.ndarray,

@@ -68,7 +68,8 @@ def _slice_positions(extent_mask: np.ndarray, axis: int, count: int) -> np.ndarr
 
 def _take(array: np.ndarray, axis: int, index: int) -> np.ndarray:
     """A 2D slice displayed with anterior/superior up (transpose + flip)."""
-    return np.flipud(np.take(array, index, axis=axis).T)
+    plane = array[(slice(None),) * axis + (index,)]  # a view: np.take copied ~10 ms a slice
+    return np.flipud(plane.T)
 
 
 def mosaic(background: Volume, *, overlay: Volume | None = None, labels: Volume | None = None,
@@ -85,6 +86,8 @@ def mosaic(background: Volume, *, overlay: Volume | None = None, labels: Volume 
         layers["contour"] if layers["contour"] is not None else bg > np.percentile(bg, 60))
     positions = _slice_positions(reference > 0, axis, count)
     vmin, vmax = _window(bg, layers["contour"])
+    outlines = {name: layers[name] > 0 for name in ("labels", "contour")  # once, not per slice
+                if layers[name] is not None}
     rows = int(np.ceil(len(positions) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.3 * rows),
                              facecolor="black", squeeze=False)
@@ -96,12 +99,10 @@ def mosaic(background: Volume, *, overlay: Volume | None = None, labels: Volume 
         if layers["overlay"] is not None:
             ax.imshow(_take(layers["overlay"], axis, index), cmap=_REDS, vmin=0,
                       vmax=overlay_max, interpolation="nearest")
-        if layers["labels"] is not None:
-            ax.contour(_take(layers["labels"] > 0, axis, index), levels=[0.5], colors="yellow",
-                       linewidths=0.6)
-        if layers["contour"] is not None:
-            ax.contour(_take(layers["contour"] > 0, axis, index), levels=[0.5], colors="cyan",
-                       linewidths=0.5)
+        for name, colour, width in (("labels", "yellow", 0.6), ("contour", "cyan", 0.5)):
+            if name in outlines:
+                ax.contour(_take(outlines[name], axis, index), levels=[0.5], colors=colour,
+                           linewidths=width)
         ax.text(0.02, 0.02, f"{'xyz'[axis]}={index}", color="white", fontsize=7,
                 transform=ax.transAxes)
         if axis != 0:

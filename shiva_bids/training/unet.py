@@ -70,13 +70,18 @@ def build_unet(spec: UNetSpec, name: str = "demo_unet") -> keras.Model:
 def pad_to_multiple(x: tf.Tensor, multiple: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Zero-pad the spatial axes of a (n, X, Y, Z, C) tensor at their end to multiples of `multiple`.
 
-    Returns the padded tensor and the original spatial shape (to crop the output back).
+    Returns the padded tensor and the original spatial shape (to crop the output back). The
+    channel count stays static: with an unknown channel axis, Keras routes the first convolution
+    through an XLA-compiled kernel (its grouped-convolution path), which on CPU made every
+    inference pass of the exported `serve` endpoint several times slower.
     """
     spatial = tf.shape(x)[1:4]
     pad_after = (-spatial) % multiple
     paddings = tf.stack([tf.zeros(5, tf.int32),
                          tf.concat([[0], pad_after, [0]], axis=0)], axis=1)
-    return tf.pad(x, paddings), spatial
+    padded = tf.pad(x, paddings)
+    padded.set_shape([None, None, None, None, x.shape[-1]])
+    return padded, spatial
 
 
 def predict_padded(model: keras.Model, x: tf.Tensor, multiple: int) -> tf.Tensor:
