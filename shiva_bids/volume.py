@@ -51,3 +51,17 @@ class Volume:
     def from_nifti(cls, img: nib.spatialimages.SpatialImage, dtype=np.float32) -> "Volume":
         """Plain conversion (no header checks: `preprocessing.headers` does those)."""
         return cls(np.asarray(img.dataobj, dtype=dtype), np.asarray(img.affine, dtype=float))
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Bounding box of `mask` grown by `margin` voxels (whole array if `mask` is empty).
+    Local work inside it gives the same result as on the whole array when every distance
+    that matters is shorter than `margin` (labelling needs none: outside the box is empty)."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if len(hits) == 0:
+            return tuple(slice(0, n) for n in mask.shape)
+        box.append(slice(max(int(hits[0]) - margin, 0),
+                         min(int(hits[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)

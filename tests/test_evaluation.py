@@ -72,6 +72,19 @@ def _save(path, data, affine=np.eye(4)):
     nib.save(nib.Nifti1Image(data, affine), path)
 
 
+def test_threshold_sweep_on_its_box_equals_whole_volume_scores():
+    rng = np.random.default_rng(5)
+    prob = np.zeros((40, 36, 30), np.float32)
+    prob[2:6, 3:7, 1:4] = rng.uniform(0.05, 1.0, (4, 4, 3))  # near a corner
+    prob[30:38, 25:33, 20:28] = rng.uniform(0.05, 1.0, (8, 8, 8))  # near the opposite one
+    ref = np.zeros(prob.shape, np.uint8)
+    ref[3:5, 4:6, 2:3] = 1
+    ref[31:36, 26:30, 22:26] = 1
+    ref[20, 18, 1] = 1  # a missed lesion off the predicted clusters
+    for t, size, scores in threshold_sweep(prob, ref, min_sizes=(1, 3)):
+        assert scores == score_masks(prob > t, ref, size)
+
+
 def test_evaluate_cli_writes_table(tmp_path):
     ref = _reference()
     reference_dir, pred_dir = tmp_path / "reference", tmp_path / "out"

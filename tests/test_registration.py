@@ -81,20 +81,20 @@ def test_flair_with_a_cut_field_of_view_registers_within_1mm(cut_flair):
     assert result.warped.shape == fixed.shape
 
 
+def _write_ants_rigid(ras: np.ndarray, path) -> None:
+    """Save a RAS world transform (fixed point -> moving point) as an ANTs .mat (LPS)."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps = flip @ ras @ flip
+    ants.write_transform(ants.create_ants_transform(
+        transform_type="AffineTransform", dimension=3, matrix=lps[:3, :3],
+        translation=lps[:3, 3]), str(path))
+
+
 def test_alignment_score_prefers_the_true_transform(cut_flair, tmp_path):
     fixed, fixed_mask, moving, moved, _, _ = cut_flair
-    # ANTs transforms map fixed (LPS) points to moving points: the true one is `moved`
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    true = flip @ moved @ flip
-    path = tmp_path / "true.mat"
-    tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
-                                    matrix=true[:3, :3], translation=true[:3, 3])
-    ants.write_transform(tx, str(path))
-    off = flip @ _rigid((0, 0, 0), (0, 0, 8.0)) @ moved @ flip
-    off_path = tmp_path / "off.mat"
-    ants.write_transform(ants.create_ants_transform(
-        transform_type="AffineTransform", dimension=3, matrix=off[:3, :3],
-        translation=off[:3, 3]), str(off_path))
-    good = registration.alignment_score(fixed, moving, path, fixed_mask)
-    bad = registration.alignment_score(fixed, moving, off_path, fixed_mask)
+    # a fixed point p shows the anatomy the moving image has at `moved @ p`
+    _write_ants_rigid(moved, tmp_path / "true.mat")
+    _write_ants_rigid(_rigid((0, 0, 0), (0, 0, 8.0)) @ moved, tmp_path / "off.mat")
+    good = registration.alignment_score(fixed, moving, tmp_path / "true.mat", fixed_mask)
+    bad = registration.alignment_score(fixed, moving, tmp_path / "off.mat", fixed_mask)
     assert good > bad > 0

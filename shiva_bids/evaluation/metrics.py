@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from shiva_bids.volume import bounding_box
+
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -66,6 +68,12 @@ def voxel_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
 
 
+def _check_same_grid(prediction: np.ndarray, reference: np.ndarray) -> None:
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} "
+                         "are not on the same grid")
+
+
 def score_masks(prediction: np.ndarray, reference: np.ndarray, min_size: int = 1,
                 reference_labels: tuple[np.ndarray, int] | None = None) -> Scores:
     """Voxel Dice and cluster detection of a binary `prediction` against `reference`.
@@ -73,9 +81,7 @@ def score_masks(prediction: np.ndarray, reference: np.ndarray, min_size: int = 1
     `min_size` filters the predicted clusters; the reference is taken as it is.
     `reference_labels` lets a caller reuse the reference's clusters across a sweep.
     """
-    if prediction.shape != reference.shape:
-        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} "
-                         "are not on the same grid")
+    _check_same_grid(prediction, reference)
     pred_labels, n_pred = label_clusters(prediction, min_size)
     ref_labels, n_ref = reference_labels or label_clusters(reference)
     overlap = (pred_labels > 0) & (ref_labels > 0)
@@ -92,22 +98,10 @@ def threshold_sweep(probability: np.ndarray, reference: np.ndarray,
     Everything outside the bounding box of the reference and of `probability > min(t)` is zero
     at every threshold, so the sweep runs on that box only (same scores, labelling a box
     instead of the whole volume: ~10x faster on native-space maps)."""
-    if probability.shape != reference.shape:
-        raise ValueError(f"prediction {probability.shape} and reference {reference.shape} "
-                         "are not on the same grid")
-    box = _bounding_box((probability > min(thresholds)) | (reference > 0))
+    _check_same_grid(probability, reference)
+    box = bounding_box((probability > min(thresholds)) | (reference > 0))
     probability, reference = probability[box], reference[box]
     reference_labels = label_clusters(reference)
     return [(t, size, score_masks(probability > t, reference, size, reference_labels))
             for t in thresholds for size in min_sizes]
 
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """Slices of the smallest box holding every True voxel of `mask` (one voxel if none)."""
-    if not mask.any():
-        return tuple(slice(0, 1) for _ in mask.shape)
-    box = []
-    for axis in range(mask.ndim):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)

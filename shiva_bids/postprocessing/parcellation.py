@@ -27,7 +27,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from shiva_bids.postprocessing.grids import isotropic_1mm
-from shiva_bids.volume import Volume
+from shiva_bids.volume import Volume, bounding_box
 
 LEFT, RIGHT = 0, 1
 WM = (2, 41)
@@ -132,26 +132,12 @@ def _assign_wm_hypointensities(seg: np.ndarray) -> None:
     if n == 0:
         return
     cube = np.ones((3, 3, 3), bool)
-    box = _bbox(blobs > 0, 2)
+    box = bounding_box(blobs > 0, 2)
     touch = [np.bincount(blobs[box][ndimage.binary_dilation(seg[box] == wm, cube)],
                          minlength=n + 1) for wm in WM]
     left_bigger = (seg == WM[LEFT]).sum() >= (seg == WM[RIGHT]).sum()
     goes_left = (touch[LEFT] > touch[RIGHT]) | ((touch[LEFT] == touch[RIGHT]) & left_bigger)
     seg[blobs > 0] = np.where(goes_left[blobs[blobs > 0]], WM[LEFT], WM[RIGHT])
-
-
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Bounding box of `mask` grown by `margin` voxels (whole array if `mask` is empty).
-    Local work inside it gives the same result as on the whole array when every distance
-    that matters is shorter than `margin`."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if len(hits) == 0:
-            return tuple(slice(0, n) for n in mask.shape)
-        box.append(slice(max(int(hits[0]) - margin, 0),
-                         min(int(hits[-1]) + margin + 1, mask.shape[axis])))
-    return tuple(box)
 
 
 def _lobe_seeds(seg: np.ndarray) -> np.ndarray:
@@ -177,7 +163,7 @@ def _nearest_lobe(lobe: np.ndarray, hemi: np.ndarray, wm: np.ndarray) -> np.ndar
         targets = wm & (hemi == side)
         if not seeds.any() or not targets.any():
             continue
-        box = _bbox(seeds | targets, 1)
+        box = bounding_box(seeds | targets, 1)
         _, nearest = ndimage.distance_transform_cdt(~seeds[box], metric="chessboard",
                                                     return_indices=True)
         local = targets[box]
@@ -204,7 +190,7 @@ def _derive(seg: np.ndarray) -> np.ndarray:
     juxta = wm_core & (_taxicab_distance(seeds) <= JUXTA_DISTANCE)  # item 4
     ventricles = _isin(seg, VENTRICLES)
     pv = np.zeros(seg.shape, bool)  # item 5, in the ventricles' box
-    box = _bbox(ventricles, PV_DILATIONS + 1)
+    box = bounding_box(ventricles, PV_DILATIONS + 1)
     pv[box] = ndimage.binary_dilation(ventricles[box], ndimage.generate_binary_structure(3, 1),
                                       iterations=PV_DILATIONS) & ~ventricles[box]
     for side in (LEFT, RIGHT):
@@ -238,7 +224,7 @@ def _internal_capsule(seg: np.ndarray, side: int) -> np.ndarray:
     deep = _isin(seg, THALAMUS[side] + BASAL_GANGLIA[side][:3])
     out = np.zeros(seg.shape, bool)
     if deep.any():
-        box = _bbox(deep, 1)
+        box = bounding_box(deep, 1)
         out[box] = ndimage.binary_erosion(_fill_convex_hull(deep[box]), iterations=2)
     return out
 
@@ -252,7 +238,7 @@ def _external_capsule(seg: np.ndarray, side: int, allowed: np.ndarray) -> np.nda
     out = np.zeros(seg.shape, bool)
     if not insula.any() or not putamen.any():
         return out
-    box = _bbox(insula | putamen, EC_AWAY_HIPPO + EC_CLOSING + 1)
+    box = bounding_box(insula | putamen, EC_AWAY_HIPPO + EC_CLOSING + 1)
     insula, putamen, allowed = insula[box], putamen[box], allowed[box]
     hull = _fill_convex_hull(insula | putamen)
     near = (_taxicab_distance(insula) <= EC_NEAR) & (_taxicab_distance(putamen) <= EC_NEAR)
@@ -272,7 +258,7 @@ def _corpus_callosum(seg: np.ndarray, out: np.ndarray) -> None:
     if not cc.any():
         _callosum_seam(seg, out)
         return
-    box = _bbox(cc, 20)
+    box = bounding_box(cc, 20)
     local = seg[box]
     wm = _isin(local, WM)
     if not wm.any():
@@ -291,7 +277,7 @@ def _callosum_seam(seg: np.ndarray, out: np.ndarray) -> None:
     left, right = seg == WM[LEFT], seg == WM[RIGHT]
     if not left.any() or not right.any():
         return
-    box = _bbox(ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube),
+    box = bounding_box(ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube),
                 CC_SEAM_GROWTH + 2)
     left, right, local = left[box], right[box], seg[box]
     seam = ndimage.binary_dilation(left, cube) & ndimage.binary_dilation(right, cube)
@@ -311,7 +297,7 @@ def derived_parcellation(dseg: Volume) -> Volume:
     """The §9.1 derived parcellation of a FreeSurfer/SynthSeg label volume (1 mm grid)."""
     seg = isotropic_1mm(dseg)
     labels = np.rint(seg.data).astype(np.int32)
-    box = _bbox(labels > 0, MARGIN)
+    box = bounding_box(labels > 0, MARGIN)
     out = np.zeros(labels.shape, dtype=np.int16)
     out[box] = _derive(labels[box])
     return seg.with_data(out)

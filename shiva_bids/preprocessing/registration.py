@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ants
@@ -85,7 +85,7 @@ class RigidResult:
     rotation_deg: float  # sum of |Euler angles| (SHIVA.md §11 QC)
     translation_mm: float
     start: str = "com"  # the start whose result was kept (see STARTS)
-    scores: dict[str, float] | None = None  # alignment_score of each start tried
+    scores: dict[str, float] = field(default_factory=dict)  # alignment_score per start tried
 
 
 # "com": intensity centres of mass (SHiVAi, SHIVA.md §5.6); "header": identity, i.e. the
@@ -102,6 +102,8 @@ def run_ants(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str,
     Winsorising [0.005, 0.995], no histogram matching and float precision as SHiVAi (§5.6); a
     fixed random seed makes the regular sampling's jitter reproducible.
     """
+    if start not in STARTS:
+        raise ValueError(f"unknown registration start {start!r}")
     fixed_str, moving_str = get_pointer_string(fixed), get_pointer_string(moving)
     mask = "[NA,NA]"
     keep = []  # ANTs images referenced by pointer must stay alive during the call
@@ -110,8 +112,6 @@ def run_ants(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str,
         keep.append(mask_img)
         mask = f"[{get_pointer_string(mask_img)},NA]"
     warped, inverse = fixed.clone(), moving.clone()
-    if start not in STARTS:
-        raise ValueError(f"unknown registration start {start!r}")
     args = ["--dimensionality", "3", "--float", "1", "--collapse-output-transforms", "1",
             "--random-seed", str(seed), "--write-composite-transform", "0"]
     if start == "com":
@@ -146,8 +146,9 @@ def register_rigid(fixed: Volume, moving: Volume, transform_path: Path,
             if len(starts) > 1:
                 scores[start] = alignment_score(fixed, moving,
                                                 Path(prefix + "0GenericAffine.mat"), fixed_mask)
-        best = max(starts, key=lambda s: (round(scores.get(s, 0.0), 3), -starts.index(s)))
-        if len(starts) > 1:
+        best = starts[0]
+        if scores:
+            best = max(starts, key=lambda s: (round(scores[s], 3), -starts.index(s)))
             log.debug("rigid starts %s: kept %s", scores, best)
         transform_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(str(Path(tmp) / f"{best}_0GenericAffine.mat"), transform_path)
