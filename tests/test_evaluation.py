@@ -9,8 +9,12 @@ import pytest
 
 from shiva_bids.cli import main as cli_main
 from shiva_bids.errors import ExitCode
-from shiva_bids.evaluation.metrics import (label_clusters, score_masks, threshold_sweep,
-                                           voxel_dice)
+from shiva_bids.evaluation.metrics import (
+    label_clusters,
+    score_masks,
+    threshold_sweep,
+    voxel_dice,
+)
 
 
 def _reference() -> np.ndarray:

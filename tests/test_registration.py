@@ -32,7 +32,7 @@ def _upper_part(volume: Volume, fraction: float) -> Volume:
     """The slices of `volume` in the upper `fraction` of its most superior voxel axis."""
     axis = int(np.argmax(np.abs(volume.affine[2, :3])))
     n = volume.shape[axis]
-    keep = int(round(fraction * n))
+    keep = round(fraction * n)
     first = n - keep if volume.affine[2, axis] > 0 else 0
     index = [slice(None)] * 3
     index[axis] = slice(first, first + keep)
