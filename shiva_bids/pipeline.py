@@ -129,7 +129,8 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
                              premasked=config.premasked, replace_t1=config.replace_t1,
                              inverse_t2=config.inverse_t2, threads=config.omp_nthreads,
                              seed=config.random_seed, keep_model_space=config.keep_model_space,
-                             models_dir=config.models_dir)
+                             models_dir=config.models_dir, device=config.device,
+                             verify_checksums=not config.skip_model_checksum)
     needs = set(plan.needs)
     if "CMB" in plan.descriptors:
         needs.add("swi")
@@ -318,6 +319,9 @@ def finish_unit(config: RunConfig, plan: UnitPlan, unit,
 def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
     """Process `units` (see the module docstring); returns how each ended."""
     descriptors = load_descriptors(config)
+    if config.brain_mask == "shiva" and not config.premasked:
+        from shiva_bids.preprocessing.shiva_mask import choose_model
+        choose_model(config.models_dir)  # fail once, up front, when the model is missing
     outcome = RunOutcome()
     todo = pending_units(config, units, outcome)
     plans = plan_units(config, todo, descriptors)

@@ -173,3 +173,14 @@ def test_reports_only_rebuilds_the_page(first_run):
     assert main(participant_args(root, bids, models, "--participant-label", "01",
                                  "--reports-only")) == 0
     assert "data:image/png;base64" in page.read_text()
+
+
+def test_brain_mask_shiva_without_its_model_stops_up_front(world, tmp_path, capsys):
+    root, bids, models = world
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--models-dir", str(models),
+                 "--brain-mask", "shiva", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation"])
+    assert code == 66
+    err = capsys.readouterr().err
+    assert f"no model_info*.json with target 'brain_mask' under --models-dir {models}" in err
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.nii.gz"))

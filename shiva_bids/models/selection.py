@@ -58,7 +58,8 @@ def _files_present(descriptor: ModelDescriptor) -> bool:
     return all(p.exists() for p in descriptor.folds)
 
 
-def _preference(descriptor: ModelDescriptor) -> tuple:
+def preference(descriptor: ModelDescriptor) -> tuple:
+    """Sort key of the choice rule (module docstring, step 2): higher is preferred."""
     release = descriptor.release
     return (_files_present(descriptor), not descriptor.is_demo, descriptor.version_number,
             release.toordinal() if release else 0, str(descriptor.path))
@@ -108,7 +109,7 @@ def select_descriptors(descriptors: Sequence[ModelDescriptor], markers: Sequence
             have = "+".join(sorted(available)) or "none"
             skipped[marker] = f"{marker} models need {needs}; available: {have}"
             continue
-        best = max(usable, key=_preference)
+        best = max(usable, key=preference)
         chosen[marker] = best
         log.info("%s: using %s (%s)", marker, best.label, best.path)
     return chosen, skipped

@@ -157,3 +157,25 @@ def write_script(path: Path) -> Path:
     path.write_text(f"import tensorflow as tf\n\n\n{inspect.getsource(tf_swish)}",
                     encoding="utf-8")
     return path
+
+
+def write_threshold_mask_model(root: Path, threshold: float, gain: float = 40.0,
+                               shape: Sequence[int] = (160, 214, 176)) -> Path:
+    """A stand-in for the SHIVA brain-mask model in its published format (`.keras` + `script`,
+    target "brain_mask", SHIVA.md §2.2): one 1x1x1 convolution, sigmoid(gain (x - threshold)),
+    i.e. "brain" wherever the normalised intensity exceeds `threshold`. Returns the descriptor.
+    """
+    import keras
+
+    folder = Path(root) / "brainmask"
+    folder.mkdir(parents=True, exist_ok=True)
+    inp = keras.layers.Input(shape=(*shape, 1), name="image")
+    out = keras.layers.Conv3D(1, 1, activation="sigmoid", name="head")(inp)
+    model = keras.Model(inp, out, name="threshold_mask")
+    model.get_layer("head").set_weights([np.full((1, 1, 1, 1, 1), gain, np.float32),
+                                         np.full((1,), -gain * threshold, np.float32)])
+    fold = folder / "threshold_brainmask_fold_0.keras"
+    model.save(fold)
+    return write_descriptor(folder, [fold], "brain_mask", ["t1"],
+                            script=write_script(folder / "tiny_layers.py"),
+                            name="model_info_brainmask.json")

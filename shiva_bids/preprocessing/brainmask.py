@@ -2,27 +2,28 @@
 
 (a) `derivatives`: a mask from --derivatives (e.g. sMRIPrep `desc-brain_mask`), resampled to
     the conformed grid (nearest neighbour) and binarised like SHiVAi's custom masks
-    (> 0.5, components <= 100 mm^3 dropped, reference/SHIVA.md §5.3-5.4).
-(b) `premasked`: the input is already skull-stripped; its non-zero voxels (> 0.5 in raw units,
-    nearest-neighbour conform, components <= 100 mm^3 dropped) are the mask (SHIVA.md §5.4).
+    (> 0.5, `minVol` 100 mm^3, `keep_all`: :func:`threshold_mask`, reference/SHIVA.md §5.3-5.4).
+(b) `premasked`: the input is already skull-stripped; its voxels > 0.5 in raw units
+    (nearest-neighbour conform, `minVol` 100 mm^3, `keep_all`) are the mask (SHIVA.md §5.4).
 (c) `template`: a head template with a brain mask is registered to the participant (affine,
     then a short SyN, both at 2 mm), its mask warped back and cleaned (largest 26-connected
     component, holes filled). The template is TemplateFlow's MNI152NLin2009cAsym when its files
     are in TEMPLATEFLOW_HOME (never downloaded), else a head built offline from the ICBM152
     2009a brain that nilearn bundles (`templates.py`).
-(d) `shiva`: the SHIVA brain-mask model; not available in this version (clear error).
+(d) `shiva`: the SHIVA brain-mask model from --models-dir, two passes (`shiva_mask.py`).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import ants
 import numpy as np
 from scipy import ndimage
 
-from shiva_bids.errors import BadInputError, UsageError
+from shiva_bids.errors import BadInputError
 from shiva_bids.preprocessing.antsio import from_ants, grid_image, to_ants
 from shiva_bids.preprocessing.native import resample_world
 from shiva_bids.preprocessing.registration import Stage, run_ants
@@ -32,12 +33,15 @@ from shiva_bids.volume import Volume
 log = logging.getLogger(__name__)
 
 MIN_COMPONENT_MM3 = 100  # SHIVA.md §5.4, custom/premasked/synthseg masks
+BINARY_THRESHOLD = 0.5  # SHIVA.md §5.3: value > 0.5 (strict) is brain
+READMIT_MM = 5.0  # SHIVA.md §5.3 step 4: kept components dilated by a 5 mm box
+CLUSTER_CHECKS = ("keep_all", "size")
 REGISTRATION_SPACING_MM = 2.0
 # At 2 mm spacing: an affine stage (MI, regular 10 % sampling, 8/4/2 mm), then a SyN stage
 # optimised at 4 mm only (its 2 mm level has 0 iterations and only upsamples the field). On a
-# phantom with skull (0.94x0.94x1 mm T1w) this gave Dice 0.988 for ~50 s of CPU, against 0.962 for the
-# affine alone and 0.991 for ~105 s with a 2 mm SyN level (reference/MEASUREMENTS.md gives the
-# full-resolution figures: AffineFast + SyNOnly 25.9 s, Dice 0.992).
+# phantom with skull (0.94x0.94x1 mm T1w) this gave Dice 0.988 for ~50 s of CPU, against 0.962
+# for the affine alone and 0.991 for ~105 s with a 2 mm SyN level (reference/MEASUREMENTS.md
+# gives the full-resolution figures: AffineFast + SyNOnly 25.9 s, Dice 0.992).
 TEMPLATE_STAGES = (
     Stage("affine", (200, 100, 50), (4, 2, 1), (2, 1, 0), transform="Affine[0.1]",
           bins=32, sampling_rate=0.1, convergence_window=10),
@@ -68,6 +72,7 @@ class BrainMask:
     mask: Volume
     method: str
     template_transform: TemplateTransform | None = None
+    model: Mapping[str, Any] | None = None  # method (d): which brain-mask model ran
 
     @property
     def volume_ml(self) -> float:
@@ -93,18 +98,59 @@ def fill_holes(binary: np.ndarray) -> np.ndarray:
     return filled
 
 
-def drop_small_components(binary: np.ndarray, min_voxels: int) -> np.ndarray:
-    """SHiVAi's `keep_all` cluster step: with several components, drop those <= min_voxels."""
+def _box(radius_mm: float, zooms: Sequence[float]) -> tuple[int, ...]:
+    """Side lengths (voxels) of the box of `radius_mm` per axis: 2 r + 1, r = round(mm / zoom)."""
+    return tuple(2 * int(round(radius_mm / float(z))) + 1 for z in zooms)
+
+
+def threshold_mask(data: np.ndarray, zooms: Sequence[float], source: str,
+                   threshold: float = BINARY_THRESHOLD, open_mm: float = 0.0,
+                   min_vol_mm3: float = MIN_COMPONENT_MM3, cluster_check: str = "keep_all",
+                   ) -> np.ndarray:
+    """SHiVAi's mask binarisation and cleaning, step by step (reference/SHIVA.md §5.3).
+
+    1. value > `threshold` (strict);
+    2. opening of radius `open_mm` per axis: a (2r + 1)-voxel *box*, not a ball (§14 item 5);
+    3. 26-connected components; with more than one, drop those <= `min_vol_mm3` (error if none
+       is left); `cluster_check` "size" keeps the largest and fails when it is not also the one
+       reaching highest in z (§14 item 14); "keep_all" keeps every remaining component;
+    4. dilate what is kept by a 5 mm box and intersect with the step-1 mask, which re-admits
+       voxels near the kept components that the opening or the size rule removed.
+    Returns a boolean array. Errors are BadInputError naming `source`.
+    """
+    if cluster_check not in CLUSTER_CHECKS:
+        raise ValueError(f"cluster_check must be one of {CLUSTER_CHECKS}")
+    thresholded = np.asarray(data) > threshold
+    binary = thresholded
+    if open_mm:
+        size = _box(open_mm, zooms)  # min/max filters are the separable box erosion/dilation
+        binary = ndimage.maximum_filter(
+            ndimage.minimum_filter(binary, size=size, mode="constant", cval=0),
+            size=size, mode="constant", cval=0)
     labels, n = ndimage.label(binary, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return binary
+    if n == 0:
+        raise BadInputError(f"{source}: the brain mask is empty")
     sizes = np.bincount(labels.ravel())
-    keep = sizes > min_voxels
-    keep[0] = False
-    if not keep[1:].any():
-        raise BadInputError("brain mask has no component larger than "
-                            f"{min_voxels} voxels")
-    return keep[labels]
+    sizes[0] = 0
+    keep = sizes > 0
+    if n > 1:
+        keep &= sizes * float(np.prod(zooms)) > min_vol_mm3
+        if not keep.any():
+            raise BadInputError(f"{source}: the brain mask has no component larger than "
+                                f"{min_vol_mm3:g} mm^3")
+    if cluster_check == "size":
+        largest = int(np.argmax(np.where(keep, sizes, 0)))
+        # highest z index of each component (index 0: background)
+        tops = np.array([-1] + [box[2].stop - 1 for box in ndimage.find_objects(labels)])
+        if tops[largest] < tops[keep].max():
+            raise BadInputError(f"{source}: the largest brain-mask component is not the one "
+                                "reaching highest (SHIVA's clusterCheck 'size' stops here)")
+        keep = np.zeros_like(keep)
+        keep[largest] = True
+    kept = keep[labels]
+    readmit = ndimage.maximum_filter(kept, size=_box(READMIT_MM, zooms), mode="constant",
+                                     cval=0)
+    return thresholded & readmit
 
 
 def _as_mask(binary: np.ndarray, affine: np.ndarray) -> Volume:
@@ -112,14 +158,15 @@ def _as_mask(binary: np.ndarray, affine: np.ndarray) -> Volume:
 
 
 def mask_from_image(volume: Volume, reference: Volume, source: str) -> BrainMask:
-    """Methods (a) and (b): any image whose voxels > 0.5 are brain, put on `reference`'s grid."""
+    """Methods (a) and (b): any image whose voxels > 0.5 are brain, put on `reference`'s grid
+    (nearest neighbour) and cleaned like SHiVAi's custom/premasked masks (§5.4: `minVol` 100
+    mm^3, `keep_all`)."""
     data = resample_world(volume.data, volume.affine, reference.shape, reference.affine,
                           "nearest")
-    binary = data > 0.5
-    if not binary.any():
+    if not (data > BINARY_THRESHOLD).any():
         raise BadInputError(f"{source}: the brain mask is empty on the T1w grid")
-    min_voxels = int(round(MIN_COMPONENT_MM3 / reference.voxel_volume))
-    return BrainMask(_as_mask(drop_small_components(binary, min_voxels), reference.affine),
+    binary = threshold_mask(data, reference.zooms, source)
+    return BrainMask(_as_mask(binary, reference.affine),
                      "derivatives" if source != "premasked" else "premasked")
 
 
@@ -144,9 +191,3 @@ def template_mask(reference: Volume, template: Template, work_dir: Path,
              cleaned.sum() * reference.voxel_volume / 1000.0)
     tt = TemplateTransform(template.name, template.image_path, transforms)
     return BrainMask(_as_mask(cleaned, reference.affine), f"template:{template.name}", tt)
-
-
-def shiva_mask_unavailable(models_dir: Path | None) -> BrainMask:
-    """Method (d) is not implemented yet: say so in one line."""
-    raise UsageError("--brain-mask shiva: the SHIVA brain-mask model is not supported in this "
-                     f"version (models dir {models_dir}); use --brain-mask auto or template")

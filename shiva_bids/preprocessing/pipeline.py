@@ -33,7 +33,7 @@ from shiva_bids.bids.inputs import InputSet
 from shiva_bids.errors import MissingInputError, UsageError
 from shiva_bids.io import atomic_save_nifti, atomic_write_json
 from shiva_bids.markers import SHIVA_MODEL_SHAPE
-from shiva_bids.preprocessing import brainmask, registration
+from shiva_bids.preprocessing import brainmask, registration, shiva_mask
 from shiva_bids.preprocessing.brainmask import BrainMask, TemplateTransform
 from shiva_bids.preprocessing.conform import conform
 from shiva_bids.preprocessing.crop import CropBox, crop, crop_array, crop_box, mask_inside_box
@@ -70,6 +70,8 @@ class PreprocOptions:
     warp_interpolator: str = "welchWindowedSinc"
     templateflow_home: Path | None = None
     models_dir: Path | None = None
+    device: str = "auto"  # where the SHIVA brain-mask model runs (--brain-mask shiva)
+    verify_checksums: bool = True
 
 
 @dataclass
@@ -175,8 +177,7 @@ def _t1_space(unit: PreprocessedUnit, inputs: InputSet, needs: set[str], opts: P
     img1 = _load(unit, inputs.image(img1_role), check_skull=not opts.premasked)
     conformed = conform(img1.volume)
     mask = make_brain_mask(img1, conformed, inputs, opts, work_dir / "brainmask")
-    unit.brain_mask_method = mask.method
-    unit.template_transform = mask.template_transform
+    _record_mask(unit, mask)
     space = _model_space("T1w", img1, conformed, mask.mask, opts.model_shape, unit)
     inverse = opts.inverse_t2 and opts.replace_t1 == "t2"
     space.channels["t1"] = normalise(crop(conformed, space.box).data, space.brain_mask, inverse)
@@ -223,8 +224,7 @@ def _swi_space_alone(unit: PreprocessedUnit, inputs: InputSet, opts: PreprocOpti
     swi = _load(unit, inputs.swi, check_skull=not opts.premasked)
     conformed = conform(swi.volume)
     mask = make_brain_mask(swi, conformed, inputs, opts, work_dir / "brainmask_swi")
-    unit.brain_mask_method = mask.method
-    unit.template_transform = mask.template_transform
+    _record_mask(unit, mask)
     space = _model_space("SWI", swi, conformed, mask.mask.data, opts.model_shape, unit)
     unit.qc["brain_mask_size"] = int(np.count_nonzero(space.brain_mask))
     _finish_swi(unit, space, conformed)
@@ -247,6 +247,20 @@ def _load(unit: PreprocessedUnit, path: Path, check_skull: bool = False) -> Load
 
 def _suffix_of(path: Path) -> str:
     return Path(path).name.split(".", 1)[0].rsplit("_", 1)[-1]
+
+
+def _record_mask(unit: PreprocessedUnit, mask: BrainMask) -> None:
+    """The mask's method (and model, for method shiva) in the unit's summary and QC."""
+    unit.brain_mask_method = mask.method
+    unit.template_transform = mask.template_transform
+    if mask.model:
+        unit.qc["brain_mask_model"] = mask.model["descriptor"]
+        unit.qc["brain_premask_volume_ml"] = mask.model["premask_volume_ml"]
+        if mask.model["demo"]:
+            message = ("the brain mask comes from a DEMO brain-mask model trained on "
+                       "phantoms: not for research")
+            log.warning(message)
+            unit.warnings.append(message)
 
 
 def _model_space(name: str, image: LoadedImage, conformed: Volume, mask: Volume | np.ndarray,
@@ -288,26 +302,40 @@ def make_brain_mask(img1: LoadedImage, conformed: Volume, inputs: InputSet,
     """The brain mask on the conformed img1 grid by the method the options select."""
     if opts.premasked:
         return brainmask.mask_from_image(img1.volume, conformed, "premasked")
-    if opts.brain_mask_method == "shiva":
-        return brainmask.shiva_mask_unavailable(opts.models_dir)
     if opts.brain_mask_method not in BRAIN_MASK_METHODS:
         raise UsageError(f"--brain-mask {opts.brain_mask_method}: unknown method")
+    if opts.brain_mask_method == "shiva":
+        descriptor = shiva_mask.choose_model(opts.models_dir)
+        key = _key(img1.path, descriptor.path, descriptor.files, opts.model_shape)
+        cached = _cached_mask(cache_dir, key, conformed)
+        if cached is None:
+            settings = shiva_mask.ShivaMaskSettings(opts.device, opts.threads,
+                                                    opts.verify_checksums)
+            cached = shiva_mask.shiva_brain_mask(img1.volume, conformed, descriptor, settings,
+                                                 img1.path.name)
+            _save_mask(cache_dir, key, cached)
+        return cached
     if opts.brain_mask_method == "auto" and inputs.brain_mask is not None:
         given = load_image(inputs.brain_mask)
         return brainmask.mask_from_image(given.volume, conformed, str(inputs.brain_mask))
     template = load_template(opts.templateflow_home)
     key = _key(img1.path, template.name, brainmask.TEMPLATE_STAGES, opts.seed)
     cached = _cached_mask(cache_dir, key, conformed)
-    if cached is not None:
-        return cached
-    mask = brainmask.template_mask(conformed, template, cache_dir, seed=opts.seed)
+    if cached is None:
+        cached = brainmask.template_mask(conformed, template, cache_dir, seed=opts.seed)
+        _save_mask(cache_dir, key, cached)
+    return cached
+
+
+def _save_mask(cache_dir: Path, key: str, mask: BrainMask) -> None:
+    """Cache a computed mask (and what made it) in the work directory."""
     atomic_save_nifti(mask.mask.to_nifti(np.uint8), cache_dir / "brain_mask.nii.gz")
+    record: dict = {"key": key, "method": mask.method, "model": mask.model}
     tt = mask.template_transform
-    atomic_write_json(cache_dir / "brain_mask.json", {
-        "key": key, "method": mask.method, "template": tt.template,
-        "template_image": str(tt.template_image),
-        "transforms": [str(t) for t in tt.transforms]})
-    return mask
+    if tt is not None:
+        record.update(template=tt.template, template_image=str(tt.template_image),
+                      transforms=[str(t) for t in tt.transforms])
+    atomic_write_json(cache_dir / "brain_mask.json", record)
 
 
 def _cached_mask(cache_dir: Path, key: str, conformed: Volume) -> BrainMask | None:
@@ -316,13 +344,15 @@ def _cached_mask(cache_dir: Path, key: str, conformed: Volume) -> BrainMask | No
     if not (record.is_file() and image.is_file()):
         return None
     meta = json.loads(record.read_text())
-    transforms = tuple(Path(t) for t in meta["transforms"])
+    transforms = tuple(Path(t) for t in meta.get("transforms", ()))
     if meta.get("key") != key or not all(t.is_file() for t in transforms):
         return None
     data = np.asarray(nib.load(image).dataobj, dtype=np.uint8)
     log.info("brain mask reused from %s", image)
-    tt = TemplateTransform(meta["template"], Path(meta["template_image"]), transforms)
-    return BrainMask(Volume(data, conformed.affine), meta["method"], tt)
+    tt = None
+    if "template" in meta:
+        tt = TemplateTransform(meta["template"], Path(meta["template_image"]), transforms)
+    return BrainMask(Volume(data, conformed.affine), meta["method"], tt, meta.get("model"))
 
 
 def _key(*parts) -> str:
