@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class Volume:
             raise ValueError(f"shape {data.shape} does not match grid {self.data.shape}")
         return Volume(data, self.affine)
 
+    def region(self, box: tuple[slice, ...]) -> "Volume":
+        """The sub-volume of `box` (slices with unit steps, e.g. from :func:`bounding_box`),
+        with the affine moved so that world coordinates are unchanged."""
+        shift = np.eye(4)
+        shift[:3, 3] = [b.start or 0 for b in box[:3]]
+        return Volume(self.data[box], self.affine @ shift)
+
     def to_nifti(self, dtype: np.dtype | type | None = None) -> nib.Nifti1Image:
         """A NIfTI image with sform and qform both set to the affine (code 1, scanner)."""
         data = self.data if dtype is None else self.data.astype(dtype)
@@ -65,3 +73,20 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
         box.append(slice(max(int(hits[0]) - margin, 0),
                          min(int(hits[-1]) + margin + 1, mask.shape[axis])))
     return tuple(box)
+
+
+def fill_holes(binary: np.ndarray, slice_by_slice: bool = True) -> np.ndarray:
+    """Fill enclosed holes in 3D, then (by default) slice by slice along each axis, which also
+    closes cavities open on one side only (e.g. ventricles reaching a mask's edge sideways).
+
+    Works inside the bounding box grown by one voxel: background touching that box's border is
+    connected to the array border too, so the result equals whole-array filling, faster."""
+    box = bounding_box(binary, margin=1)
+    filled = ndimage.binary_fill_holes(binary[box])
+    if slice_by_slice:
+        for axis in range(3):
+            filled = np.stack([ndimage.binary_fill_holes(s)
+                               for s in np.moveaxis(filled, axis, 0)], axis=axis)
+    out = np.zeros(binary.shape, bool)
+    out[box] = filled
+    return out

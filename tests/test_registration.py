@@ -75,9 +75,11 @@ def test_flair_with_a_cut_field_of_view_registers_within_1mm(cut_flair):
     want = centroids @ moved[:3, :3].T + moved[:3, 3]
     error = np.linalg.norm(registration.map_points(result.transform, centroids) - want, axis=1)
     assert error.mean() <= 1.0
-    # the centre-of-mass start (SHiVAi's) ended far off and scored much lower
-    assert result.start == "header"
-    assert result.scores["header"] > 2 * result.scores["com"]
+    # Both starts ran and the better-scoring one was kept. Which one wins varies: from the
+    # centres of mass the optimiser ended 0.06 mm or 14-19 mm off in repeated runs (ITK's
+    # threaded metric is not bit-reproducible), which is why the header start exists.
+    assert set(result.scores) == {"com", "header"}
+    assert round(result.scores[result.start], 3) == round(max(result.scores.values()), 3)
     assert result.warped.shape == fixed.shape
 
 

@@ -28,7 +28,7 @@ from shiva_bids.preprocessing.antsio import from_ants, grid_image, to_ants
 from shiva_bids.preprocessing.native import resample_world
 from shiva_bids.preprocessing.registration import Stage, run_ants
 from shiva_bids.preprocessing.templates import Template
-from shiva_bids.volume import Volume
+from shiva_bids.volume import Volume, bounding_box, fill_holes
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ BINARY_THRESHOLD = 0.5  # SHIVA.md §5.3: value > 0.5 (strict) is brain
 READMIT_MM = 5.0  # SHIVA.md §5.3 step 4: kept components dilated by a 5 mm box
 CLUSTER_CHECKS = ("keep_all", "size")
 REGISTRATION_SPACING_MM = 2.0
+HEAD_FRACTION = 0.1  # head voxels: brighter than 10 % of the 99th percentile
+HEAD_MARGIN_MM = 10.0
 # At 2 mm spacing: an affine stage (MI, regular 10 % sampling, 8/4/2 mm), then a SyN stage
 # optimised at 4 mm only (its 2 mm level has 0 iterations and only upsamples the field). On a
 # phantom with skull (0.94x0.94x1 mm T1w) this gave Dice 0.988 for ~50 s of CPU, against 0.962
@@ -87,15 +89,6 @@ def largest_component(binary: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
-
-
-def fill_holes(binary: np.ndarray) -> np.ndarray:
-    """Fill enclosed holes in 3D and then slice by slice (closes ventricles opening sideways)."""
-    filled = ndimage.binary_fill_holes(binary)
-    for axis in range(3):
-        filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(filled, axis, 0)],
-                          axis=axis)
-    return filled
 
 
 def _box(radius_mm: float, zooms: Sequence[float]) -> tuple[int, ...]:
@@ -170,12 +163,27 @@ def mask_from_image(volume: Volume, reference: Volume, source: str) -> BrainMask
                      "derivatives" if source != "premasked" else "premasked")
 
 
+def head_box(volume: Volume) -> tuple[slice, ...]:
+    """Where the head is in a conformed image: the box of the voxels brighter than
+    HEAD_FRACTION of the 99th intensity percentile, grown by HEAD_MARGIN_MM. The template is
+    registered inside it: the empty rest of the 256 mm cube only cost time (~30 % of the
+    registration here). A noisy background gives the whole image, i.e. no saving, no harm."""
+    data = np.asarray(volume.data)
+    positive = data[data > 0]
+    if positive.size == 0:
+        return tuple(slice(0, n) for n in data.shape)
+    level = HEAD_FRACTION * float(np.percentile(positive, 99))
+    margin = int(np.ceil(HEAD_MARGIN_MM / float(np.min(volume.zooms))))
+    return bounding_box(data > level, margin=margin)
+
+
 def template_mask(reference: Volume, template: Template, work_dir: Path,
                   seed: int = 0) -> BrainMask:
     """Method (c): register `template` (head + brain mask) to `reference`, warp, clean."""
     work_dir.mkdir(parents=True, exist_ok=True)
     prefix = str(work_dir / "template_to_ref_")
-    fixed = ants.resample_image(to_ants(reference), (REGISTRATION_SPACING_MM,) * 3, False, 0)
+    fixed = ants.resample_image(to_ants(reference.region(head_box(reference))),
+                                (REGISTRATION_SPACING_MM,) * 3, False, 0)
     moving = ants.resample_image(to_ants(template.head), (REGISTRATION_SPACING_MM,) * 3,
                                  False, 0)
     run_ants(fixed, moving, prefix, list(TEMPLATE_STAGES), seed=seed)

@@ -78,10 +78,11 @@ SETTINGS = {s.name: s for s in (REFERENCE, FAST)}
 @dataclass(frozen=True)
 class RigidResult:
     """The estimated transform (ANTs .mat, maps fixed points to moving points, i.e. it resamples
-    the moving image onto the fixed grid) and the moving image resampled onto the fixed grid."""
+    the moving image onto the fixed grid) and the moving image resampled onto the fixed grid
+    (None when no interpolator was asked for)."""
 
     transform: Path
-    warped: Volume
+    warped: Volume | None
     rotation_deg: float  # sum of |Euler angles| (SHIVA.md §11 QC)
     translation_mm: float
     start: str = "com"  # the start whose result was kept (see STARTS)
@@ -111,7 +112,6 @@ def run_ants(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str,
         mask_img = fixed.new_image_like((np.asarray(fixed_mask) != 0).astype(np.float32))
         keep.append(mask_img)
         mask = f"[{get_pointer_string(mask_img)},NA]"
-    warped, inverse = fixed.clone(), moving.clone()
     args = ["--dimensionality", "3", "--float", "1", "--collapse-output-transforms", "1",
             "--random-seed", str(seed), "--write-composite-transform", "0"]
     if start == "com":
@@ -119,7 +119,7 @@ def run_ants(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str,
     for stage in stages:
         args += stage.args(fixed_str, moving_str, mask)
     args += ["--winsorize-image-intensities", "[0.005,0.995]", "--use-histogram-matching", "0",
-             "--output", f"[{prefix},{get_pointer_string(warped)},{get_pointer_string(inverse)}]"]
+             "--output", prefix]  # transforms only: the callers resample what they need
     status = get_lib_fn("antsRegistration")(process_arguments(args))
     del keep
     if status != 0:
@@ -128,9 +128,10 @@ def run_ants(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str,
 
 def register_rigid(fixed: Volume, moving: Volume, transform_path: Path,
                    fixed_mask: np.ndarray | None = None,
-                   settings: Stage = REFERENCE, interpolator: str = "welchWindowedSinc",
+                   settings: Stage = REFERENCE, interpolator: str | None = "welchWindowedSinc",
                    seed: int = 0, starts: tuple[str, ...] = STARTS) -> RigidResult:
-    """Register `moving` rigidly to `fixed`, save the transform, warp `moving` onto `fixed`.
+    """Register `moving` rigidly to `fixed`, save the transform, warp `moving` onto `fixed`
+    (skipped with `interpolator` None: the SWI needs only the transform, §6).
 
     One registration per start in `starts`; the transform with the best
     :func:`alignment_score` is kept (the first start wins ties). The warped output uses
@@ -152,7 +153,8 @@ def register_rigid(fixed: Volume, moving: Volume, transform_path: Path,
             log.debug("rigid starts %s: kept %s", scores, best)
         transform_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(str(Path(tmp) / f"{best}_0GenericAffine.mat"), transform_path)
-    warped = apply_rigid(moving, fixed.shape, fixed.affine, transform_path, interpolator)
+    warped = None if interpolator is None else apply_rigid(moving, fixed.shape, fixed.affine,
+                                                           transform_path, interpolator)
     rotation, translation = rigid_magnitude(transform_path)
     return RigidResult(transform_path, warped, rotation, translation, best, scores)
 
