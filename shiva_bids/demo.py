@@ -14,7 +14,6 @@ with :data:`NO_MODELS_MESSAGE`.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -34,32 +33,20 @@ NO_MODELS_MESSAGE = (
 
 DEMO_PARTICIPANTS = 3
 DEMO_LOADS = ("severe", "mild", "severe")  # participant 1 (2 sessions), 2, 3
+DEMO_SESSIONS = (2, 1, 1)
+DEMO_MODALITIES = ("T1w", "FLAIR", "T2starw")  # what the demo models take (no T2w)
 DEMO_SEED = 0  # phantom seeds 0-999 are for tests and the demo (training: 1000-8999)
 DEMO_MARKER_FILE = ".shiva-bids-demo"  # written once the demo dataset is complete
 
 
 def build_demo_dataset(bids_dir: Path, seed: int = DEMO_SEED) -> Path:
-    """The demo's phantom BIDS dataset: participant 1 has sessions 01 and 02, the others 01.
-
-    The generator gives every participant the same number of sessions, so it is asked for two
-    and the second session of participants 2 and 3 is removed (raw files and truth).
-    """
+    """The demo's phantom BIDS dataset: participant 1 has sessions 01 and 02, the others 01;
+    only the modalities the demo models use (T1w, FLAIR, T2starw)."""
     from shiva_bids.synthetic import generate_dataset
 
-    dataset = generate_dataset(bids_dir, n_participants=DEMO_PARTICIPANTS, n_sessions=2,
-                               seed=seed, loads=DEMO_LOADS)
-    for root in (dataset.root, dataset.reference_root):
-        for participant in sorted(root.glob("sub-*"))[1:]:
-            shutil.rmtree(participant / "ses-02", ignore_errors=True)
-            for table in participant.glob("*_sessions.tsv"):
-                lines = table.read_text().splitlines()
-                table.write_text("\n".join(line for line in lines
-                                           if not line.startswith("ses-02")) + "\n")
-    readme = dataset.root / "README.md"
-    if readme.is_file():
-        readme.write_text(readme.read_text() + "\nThe demo kept session 02 of the first "
-                          "participant only.\n")
-    return dataset.root
+    return generate_dataset(bids_dir, n_participants=DEMO_PARTICIPANTS,
+                            n_sessions=DEMO_SESSIONS, seed=seed, loads=DEMO_LOADS,
+                            modalities=DEMO_MODALITIES).root
 
 
 def _report_paths(output_dir: Path) -> list[Path]:

@@ -139,16 +139,6 @@ def record_failure(config: RunConfig, inputs: InputSet, stage: str, outcome: Run
         raise StopRun(inputs.unit_id) from exc
 
 
-def guarded(config: RunConfig, inputs: InputSet, stage: str, outcome: RunOutcome,
-            work: Callable[[], object]) -> object | None:
-    """Run one unit's stage; on failure record it (see :func:`record_failure`)."""
-    try:
-        return work()
-    except Exception as exc:  # noqa: BLE001 - one unit must not stop the others
-        record_failure(config, inputs, stage, outcome, exc)
-        return None
-
-
 def parallel_map(function: Callable, items: Sequence, processes: int) -> list:
     """`function` over `items` in up to `processes` worker processes (spawned, so that no
     TensorFlow state is forked); exceptions are returned in place of results."""

@@ -273,31 +273,32 @@ def test_no_models_dir_says_where_to_get_the_models(dataset, tmp_path, capsys):
     assert "--models-dir" in err and "SHIVA_PVS" in err and "shiva-bids demo" in err
 
 
+def _unit_work(sub: str) -> str:
+    if sub == "02":
+        raise RuntimeError("kaboom")
+    return sub
+
+
 def test_a_failing_unit_writes_a_crash_file_and_does_not_stop_the_others(tmp_path):
     from shiva_bids.bids.inputs import InputSet
     from shiva_bids.config import RunConfig
-    from shiva_bids.runner import RunOutcome, StopRun, guarded
+    from shiva_bids.runner import RunOutcome, StopRun, parallel_map, record_failure
 
     config = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "out",
                        analysis_level="participant")
     outcome = RunOutcome()
-    results = []
-    for sub in ("01", "02", "03"):
-        def work(sub=sub):
-            if sub == "02":
-                raise RuntimeError("kaboom")
-            return sub
-        results.append(guarded(config, InputSet(sub), "post-processing", outcome, work))
-    assert results == ["01", None, "03"]
+    results = parallel_map(_unit_work, ["01", "02", "03"], 1)
+    assert results[0] == "01" and results[2] == "03"
+    assert isinstance(results[1], RuntimeError)  # returned in place, the others ran
+    record_failure(config, InputSet("02"), "post-processing", outcome, results[1])
     assert [o.unit_id for o in outcome.failed] == ["sub-02"]
     assert outcome.failed[0].message == "post-processing: RuntimeError: kaboom"
     crash = (tmp_path / "out" / "logs" / "crash-sub-02.txt").read_text()
-    assert "stage: post-processing" in crash and "Traceback" in crash
+    assert "stage: post-processing" in crash and "Traceback" in crash and "kaboom" in crash
     stopping = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "out",
                          analysis_level="participant", stop_on_first_crash=True)
     with pytest.raises(StopRun):
-        guarded(stopping, InputSet("02"), "preprocessing", RunOutcome(),
-                lambda: 1 / 0)
+        record_failure(stopping, InputSet("02"), "preprocessing", RunOutcome(), results[1])
 
 
 def test_run_py_and_python_m_behave_the_same(tmp_path):

@@ -287,3 +287,17 @@ def test_sessions_share_lesions_not_pose(tmp_path):
     assert read_lesion_table(second.lesion_table) == second.lesions
     cli_image = out / "sub-01" / "anat" / "sub-01_T2starw.nii.gz"
     assert cli_image.read_bytes() == first.images["T2starw"].read_bytes()
+
+
+def test_sessions_per_participant(tmp_path):
+    """(2, 1): sub-01 has ses-01 and ses-02, sub-02 only ses-01 (the `shiva-bids demo`
+    layout); the README says so; a count per participant is required."""
+    ds = generate_dataset(tmp_path / "ds", n_participants=2, n_sessions=(2, 1), seed=3,
+                          loads=["mild", "none"], modalities=("T2starw",))
+    assert [u.unit_id for u in ds.units] == ["sub-01_ses-01", "sub-01_ses-02", "sub-02_ses-01"]
+    assert sorted(p.name for p in (ds.root / "sub-02").iterdir()) == ["ses-01"]
+    assert (ds.reference_root / "sub-01" / "ses-02").is_dir()
+    assert not (ds.reference_root / "sub-02" / "ses-02").exists()
+    assert "sessions per participant: 2, 1" in (ds.root / "README.md").read_text()
+    with pytest.raises(ValueError, match="2 session counts given for 3 participants"):
+        generate_dataset(tmp_path / "bad", n_participants=3, n_sessions=(2, 1))

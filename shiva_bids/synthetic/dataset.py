@@ -99,11 +99,15 @@ class SyntheticDataset:
         raise KeyError(f"no unit sub-{subject} ses-{session}")
 
 
-def generate_dataset(out_dir: Path, n_participants: int = 2, n_sessions: int = 1, seed: int = 0,
+def generate_dataset(out_dir: Path, n_participants: int = 2,
+                     n_sessions: int | Sequence[int] = 1, seed: int = 0,
                      loads: Sequence[str] | None = None,
                      modalities: Sequence[str] = MODALITIES,
                      figure: bool = False) -> SyntheticDataset:
     """Write a phantom BIDS dataset with `n_participants` x `n_sessions` units.
+
+    `n_sessions` is one count for everyone or one count per participant (e.g. (2, 1, 1));
+    sessions are labelled 01, 02... whenever someone has more than one.
 
     `loads` gives each participant's lesion load (none, mild or severe; default cycles
     mild, severe, none). `figure` also writes `derivatives/reference/figures/<unit>_phantom.png`
@@ -111,14 +115,15 @@ def generate_dataset(out_dir: Path, n_participants: int = 2, n_sessions: int = 1
     """
     out_dir = Path(out_dir)
     modalities = tuple(modalities)
-    _check_arguments(n_participants, n_sessions, loads, modalities)
+    counts = _session_counts(n_participants, n_sessions)
+    _check_arguments(n_participants, loads, modalities)
     reference = out_dir / REFERENCE_DIR
     participants = [make_participant(seed, i, loads[i] if loads else None)
                     for i in range(n_participants)]
     units = []
-    for participant in participants:
-        for s in range(n_sessions):
-            label = f"{s + 1:02d}" if n_sessions > 1 else None
+    for participant, count in zip(participants, counts):
+        for s in range(count):
+            label = f"{s + 1:02d}" if max(counts) > 1 else None
             session = acquire_session(participant, s, label, modalities)
             units.append(_write_unit(out_dir, reference, session))
             log.info("phantom %s written (load %s)", units[-1].unit_id, participant.load)
@@ -127,14 +132,26 @@ def generate_dataset(out_dir: Path, n_participants: int = 2, n_sessions: int = 1
                 write_phantom_figure(session, reference / "figures"
                                      / f"{units[0].unit_id}_phantom.png")
         participant.__dict__.pop("canvases", None)  # free ~150 MB before the next one
-    _write_raw_dataset_files(out_dir, participants, seed, n_sessions, modalities)
+    _write_raw_dataset_files(out_dir, participants, seed, counts, modalities)
     _write_reference_dataset_files(out_dir, reference, figure)
     return SyntheticDataset(root=out_dir, reference_root=reference, seed=seed, units=units)
 
 
-def _check_arguments(n_participants, n_sessions, loads, modalities) -> None:
-    if n_participants < 1 or n_sessions < 1:
+def _session_counts(n_participants: int, n_sessions: int | Sequence[int]) -> tuple[int, ...]:
+    """Sessions of each participant; every count must be at least 1."""
+    if isinstance(n_sessions, int):
+        counts = (n_sessions,) * n_participants
+    else:
+        counts = tuple(int(n) for n in n_sessions)
+        if len(counts) != n_participants:
+            raise ValueError(f"{len(counts)} session counts given for {n_participants} "
+                             "participants")
+    if n_participants < 1 or min(counts) < 1:
         raise ValueError("n_participants and n_sessions must be at least 1")
+    return counts
+
+
+def _check_arguments(n_participants, loads, modalities) -> None:
     if loads is not None:
         if len(loads) != n_participants:
             raise ValueError(f"{len(loads)} loads given for {n_participants} participants")
@@ -260,7 +277,7 @@ def _write_lesion_table(reference: Path, entities: dict[str, str],
     return path
 
 
-def _write_raw_dataset_files(root: Path, participants, seed: int, n_sessions: int,
+def _write_raw_dataset_files(root: Path, participants, seed: int, counts: Sequence[int],
                              modalities: Sequence[str]) -> None:
     atomic_write_json(root / "dataset_description.json", {
         "Name": f"shiva-bids synthetic phantom (seed {seed})",
@@ -282,7 +299,8 @@ def _write_raw_dataset_files(root: Path, participants, seed: int, n_sessions: in
                             "severe": "many and larger lesions"}},
     })
     atomic_write_text(root / "README.md", _README.format(
-        seed=seed, n=len(participants), sessions=n_sessions, modalities=", ".join(modalities),
+        seed=seed, n=len(participants), modalities=", ".join(modalities),
+        sessions=", ".join(map(str, counts)) if len(set(counts)) > 1 else counts[0],
         version=__version__))
 
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 from shiva_bids.io import atomic_write_text
 from shiva_bids.markers import SHIVA_MODEL_SHAPE
 from shiva_bids.models.checksums import md5_of_path
-from shiva_bids.training.unet import UNetSpec, predict_padded
+from shiva_bids.training.unet import UNetSpec, inference_twin, predict_padded
 
 DEMO_AUTHOR = "shiva-bids developers"
 DEMO_URL = "https://github.com/shiva-bids/shiva-bids/blob/main/docs/demo.md"
@@ -60,20 +60,22 @@ class ModelSetName:
 
 
 def export_savedmodel(model: keras.Model, spec: UNetSpec, path: Path) -> Path:
-    """Write `model` as a SavedModel directory at `path` with a fixed SHIVA `serve` signature.
+    """Write `model` as a SavedModel directory at `path` with a fixed SHIVA `serve` signature
+    (through its :func:`inference_twin`: the same weights, faster CPU convolutions).
 
     The directory is written under a temporary name next to `path` and renamed when complete.
     """
     path = Path(path)
     signature = tf.TensorSpec((None, *SHIVA_MODEL_SHAPE, spec.channels), tf.float32,
                               name="input")
+    twin = inference_twin(model, spec)
 
     @tf.function(input_signature=[signature])
     def serve(x):
-        return predict_padded(model, x, spec.multiple)
+        return predict_padded(twin, x, spec.multiple)
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(twin)
     archive.add_endpoint("serve", serve)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
