@@ -377,7 +377,7 @@ def process_chunk(config: RunConfig, chunk: Sequence[UnitPlan], shape: tuple[int
         finishing.append(plan)
         tasks.append((config, plan, unit, outputs, marker_provenance))
     # Post-processing is single-threaded NumPy/SciPy/matplotlib work: units run side by side
-    # in --nprocs worker processes (demo: 87 -> ~45 s for 4 units on 2 cores).
+    # in --nprocs worker processes (demo: 87 -> 61 s for 4 units on 2 cores).
     for plan, result in zip(finishing, parallel_map(finish_plan, tasks, config.nprocs)):
         if isinstance(result, Exception):
             with unit_log(config, plan.inputs.unit_id):

@@ -16,7 +16,8 @@ from shiva_bids.training.export import (ModelSetName, export_savedmodel,  # noqa
                                         load_savedmodel_weights, write_descriptor)
 from shiva_bids.training.train import (TrainConfig, split_folds, train_fold,  # noqa: E402
                                        tversky_bce_loss)
-from shiva_bids.training.unet import build_unet, predict_padded  # noqa: E402
+from shiva_bids.training.unet import (UNetSpec, build_unet, inference_twin,  # noqa: E402
+                                      predict_padded)
 
 
 def _volumes(channels: int) -> dict[int, Volume4D]:
@@ -134,3 +135,21 @@ def test_export_loads_through_the_model_layer(tmp_path):
     restored = load_savedmodel_weights(build_unet(result.spec, name="again"), tmp_path / fold)
     for a, b in zip(result.model.get_weights(), restored.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_inference_twin_computes_the_same_network():
+    """The export twin (3x3x3 convolutions as 2D convolutions over stacked X-neighbours) gives
+    the plain network's output on random weights and inputs, per image of a batch of 2 (the
+    stacking must not mix images or wrap around the X borders)."""
+    spec = UNetSpec(channels=2, base_filters=3, depth=2)
+    model = build_unet(spec, name="plain")
+    rng = np.random.default_rng(5)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) if w.ndim > 1
+                       else w.numpy() for w in model.weights])
+    x = rng.random((2, 10, 12, 8, 2), dtype=np.float32)
+    plain = model(x, training=False).numpy()
+    twin = inference_twin(model, spec)(x, training=False).numpy()
+    assert plain.std() > 0.01  # a non-trivial output
+    np.testing.assert_allclose(twin, plain, atol=1e-4)  # float32 summation order
+    alone = inference_twin(model, spec)(x[1:], training=False).numpy()
+    np.testing.assert_allclose(alone[0], plain[1], atol=1e-4)

@@ -122,7 +122,7 @@ def threshold_mask(data: np.ndarray, zooms: Sequence[float], source: str,
             size=size, mode="constant", cval=0)
     labels, n = ndimage.label(binary, structure=np.ones((3, 3, 3), bool))
     if n == 0:
-        raise BadInputError(f"{source}: the brain mask is empty")
+        raise BadInputError(f"{source}: the brain mask is empty on the conformed grid")
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     keep = sizes > 0
@@ -156,8 +156,6 @@ def mask_from_image(volume: Volume, reference: Volume, source: str) -> BrainMask
     mm^3, `keep_all`)."""
     data = resample_world(volume.data, volume.affine, reference.shape, reference.affine,
                           "nearest")
-    if not (data > BINARY_THRESHOLD).any():
-        raise BadInputError(f"{source}: the brain mask is empty on the T1w grid")
     binary = threshold_mask(data, reference.zooms, source)
     return BrainMask(_as_mask(binary, reference.affine),
                      "derivatives" if source != "premasked" else "premasked")
