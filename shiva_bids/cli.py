@@ -6,8 +6,9 @@ from a file with one label per line. Parsing produces a frozen :class:`RunConfig
 else in the package reads `sys.argv`.
 
 Extra commands that do not take the BIDS-App positionals are dispatched on the first word:
-`shiva-bids demo OUT`, `shiva-bids synth OUT ...`, `shiva-bids evaluate ...`. They are
-registered in :data:`SUBCOMMANDS` by their modules.
+`shiva-bids demo OUT`, `shiva-bids synth OUT ...`, `shiva-bids evaluate ...`,
+`shiva-bids models list --models-dir DIR`. They are registered in :data:`SUBCOMMANDS` by their
+modules.
 """
 from __future__ import annotations
 
@@ -49,14 +50,16 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "shiva_bids.demo:main",
     "synth": "shiva_bids.synthetic.cli:main",
     "evaluate": "shiva_bids.evaluation.cli:main",
+    "models": "shiva_bids.models.listing:main",
 }
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors become :class:`UsageError` (exit 64)."""
+    """An ArgumentParser whose usage errors become :class:`UsageError` (exit 64); also used
+    by subcommands (`shiva-bids models`)."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        raise UsageError(f"{message} (see `{PROG} --help`)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _strip(prefix: str) -> Callable[[str], str]:
@@ -170,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "dataset, written as BIDS-Derivatives in each participant's native space. "
                     f"Other commands: `{PROG} demo OUT` (phantom data + demo models), "
                     f"`{PROG} synth OUT` (phantom dataset), `{PROG} evaluate` (accuracy "
-                    "against manual labels).",
+                    f"against manual labels), `{PROG} models list --models-dir DIR` (the model "
+                    "releases found and which one each marker would use).",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

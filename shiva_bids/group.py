@@ -94,6 +94,7 @@ def unit_row(summary: UnitSummary) -> dict[str, object]:
         row[f"{name}_volume_mm3"] = marker.total_volume_mm3
         row[f"{name}_model"] = f"{marker.model.get('target', name)} " \
                                f"{marker.model.get('version', '')}".strip()
+        row[f"{name}_model_md5"] = marker.model.get("checksums", "n/a")
         for region, stats in marker.regions.items():
             if region.lower() == "whole brain":
                 continue
@@ -197,6 +198,10 @@ def describe_column(column: str) -> dict[str, str]:
         entry = {"Description": f"{column[:3]} processing status (done, skipped, not run)."}
     elif column.endswith("_model"):
         entry = {"Description": f"{column[:3]} model target and version."}
+    elif column.endswith("_model_md5"):
+        entry = {"Description": f"{column[:3]} model files' md5: verified, not published (the "
+                                "release's descriptor lists none), partly verified, or not "
+                                "verified (--skip-model-checksum); n/a for older outputs."}
     elif column.endswith("_n_clusters") or column.endswith("_count"):
         entry = {"Description": f"Number of {column[:3]} clusters"
                                 + (" in the region." if column.endswith("_count") else ".")}

@@ -33,9 +33,12 @@ from shiva_bids.markers import MARKERS
 from shiva_bids.models import (
     EnsembleOutput,
     EnsemblePredictor,
+    MarkerChoice,
     ModelDescriptor,
-    discover_descriptors,
-    select_descriptors,
+    ModelScan,
+    choose_models,
+    scan_models_dir,
+    warn_unused,
 )
 from shiva_bids.progress import Progress
 from shiva_bids.reports.citation import methods_markdown, write_citation
@@ -64,6 +67,7 @@ class UnitPlan:
     descriptors: dict[str, ModelDescriptor]  # marker -> model
     skipped: dict[str, str]  # marker -> reason
     started: float = field(default_factory=time.perf_counter)
+    choices: dict[str, MarkerChoice] = field(default_factory=dict)  # why each release
 
     @property
     def needs(self) -> set[str]:
@@ -71,26 +75,36 @@ class UnitPlan:
         return {m for d in self.descriptors.values() for m in d.modalities}
 
 
-def load_descriptors(config: RunConfig) -> list[ModelDescriptor]:
+def load_descriptors(config: RunConfig) -> ModelScan:
     """Every descriptor under `--models-dir`; a clear error when no model was given."""
     if config.models_dir is None and not config.model_overrides:
         from shiva_bids.demo import NO_MODELS_MESSAGE
         raise UsageError(NO_MODELS_MESSAGE)
-    return discover_descriptors(config.models_dir) if config.models_dir else []
+    if config.models_dir is None:
+        return ModelScan(Path(), (), ())
+    return scan_models_dir(config.models_dir)
 
 
-def plan_units(config: RunConfig, units: Sequence[InputSet],
-               descriptors: Sequence[ModelDescriptor]) -> list[UnitPlan]:
-    """Choose the model of each requested marker for each unit (by its modalities)."""
-    plans = []
+def plan_units(config: RunConfig, units: Sequence[InputSet], scan: ModelScan) -> list[UnitPlan]:
+    """Choose the release of each requested marker for each unit (by its modalities); the
+    choice and why the other releases are not used are logged once per set of images."""
+    plans, logged = [], set()
     for inputs in units:
-        chosen, skipped = select_descriptors(
-            descriptors, config.requested_markers,
-            available_modalities(inputs, config.replace_t1), config.model_overrides,
-            config.models_dir)
-        for marker, reason in skipped.items():
-            log.warning("%s: %s skipped: %s", inputs.unit_id, marker, reason)
-        plans.append(UnitPlan(inputs, chosen, skipped))
+        available = available_modalities(inputs, config.replace_t1)
+        choices = choose_models(scan.descriptors, config.requested_markers, available,
+                                config.model_overrides, config.models_dir, scan.broken)
+        for marker, choice in choices.items():
+            if choice.descriptor is None:
+                log.warning("%s: %s skipped: %s", inputs.unit_id, marker, choice.reason)
+            elif (key := (marker, frozenset(available))) not in logged:
+                logged.add(key)
+                for line in choice.log_lines():
+                    log.info("units with %s: %s", "+".join(sorted(available)), line)
+        plans.append(UnitPlan(
+            inputs, {m: c.descriptor for m, c in choices.items() if c.descriptor is not None},
+            {m: c.reason for m, c in choices.items() if c.descriptor is None},
+            choices=choices))
+    warn_unused(scan, {d.path for plan in plans for d in plan.descriptors.values()})
     return plans
 
 
@@ -134,6 +148,8 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
     if "CMB" in plan.descriptors:
         needs.add("swi")
     with unit_log(config, plan.inputs.unit_id):
+        for line in (line for c in plan.choices.values() for line in c.log_lines()):
+            log.info("%s: %s", plan.inputs.unit_id, line)
         log.info("%s: preprocessing for %s", plan.inputs.unit_id, ", ".join(plan.descriptors))
         return preprocess_unit(plan.inputs, needs, options,
                                config.work_dir / plan.inputs.unit_id)
@@ -216,6 +232,8 @@ def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
     result = postprocess_marker(marker, prob, brain, config.threshold(marker),
                                 config.min_cluster_size(marker), spread, regions)
     descriptor = plan.descriptors[marker]
+    if marker in plan.choices:  # which release runs and why the others do not
+        provenance = {**provenance, "selection": plan.choices[marker].as_json()}
     sources = [_uri(inputs.image(_role(m, config)), config) for m in descriptor.modalities]
     paths = write_marker_outputs(
         config.output_dir, inputs, marker, prob, None, result.clusters, result.census,
@@ -317,13 +335,13 @@ def finish_unit(config: RunConfig, plan: UnitPlan, unit,
 
 def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
     """Process `units` (see the module docstring); returns how each ended."""
-    descriptors = load_descriptors(config)
+    scan = load_descriptors(config)
     if config.brain_mask == "shiva" and not config.premasked:
         from shiva_bids.preprocessing.shiva_mask import choose_model
         choose_model(config.models_dir)  # fail once, up front, when the model is missing
     outcome = RunOutcome()
     todo = pending_units(config, units, outcome)
-    plans = plan_units(config, todo, descriptors)
+    plans = plan_units(config, todo, scan)
     runnable = []
     for plan in plans:
         if plan.descriptors:

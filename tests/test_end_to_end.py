@@ -22,8 +22,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import SHARED
 from shiva_bids.cli import main
-from shiva_bids.models.testing import write_tiny_model_folder
+from shiva_bids.models.testing import write_published_standins, write_tiny_model_folder
 from shiva_bids.synthetic import generate_dataset
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,11 @@ UNITS = ("sub-01_ses-01", "sub-01_ses-02", "sub-02_ses-01")
 # models): registration and resampling onto the crop grid cost 6x less, which keeps this test
 # within the CI budget; the full grid runs in the demo and the preprocessing tests.
 GRID = (112, 128, 112)
+# With the published descriptors at hand, the models folder holds every SHIVA release (all 15,
+# PVS v3 without md5s included) with tiny stand-in folds at the published names, unzipped side
+# by side as users do (issue 15); without them, one tiny demo model per marker.
+PUBLISHED = SHARED / "fixtures" / "shiva_model_info"
+STANDINS = PUBLISHED.is_dir()
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -55,8 +61,12 @@ def world(tmp_path_factory):
     swi = next((bids / "sub-03" / "ses-01" / "anat").glob("*_T2starw.nii.gz"))
     swi.write_bytes(swi.read_bytes()[:4000])  # truncated gzip
     models = root / "models"
-    for marker, modalities in MODELS.items():
-        write_tiny_model_folder(models, marker, modalities, n_folds=2, shape=GRID, demo=True)
+    if STANDINS:
+        write_published_standins(models, PUBLISHED, GRID)
+    else:
+        for marker, modalities in MODELS.items():
+            write_tiny_model_folder(models, marker, modalities, n_folds=2, shape=GRID,
+                                    demo=True)
     return root, bids, models
 
 
@@ -88,7 +98,7 @@ def test_participant_level_outputs_and_exit_code(first_run):
         sub, ses = unit.split("_")
         anat = out / sub / ses / "anat"
         record = summary(out, unit)
-        assert record["status"] == "complete" and record["demo_models"] is True
+        assert record["status"] == "complete" and record["demo_models"] is not STANDINS
         done = [m for m, v in record["markers"].items() if v["status"] == "done"]
         for marker in done:
             space = "SWI" if marker == "CMB" else "T1w"
@@ -126,7 +136,45 @@ def test_group_level_gathers_every_unit(first_run):
         ("sub-01", "ses-01"), ("sub-01", "ses-02"), ("sub-02", "ses-01")]
     assert rows[2]["WMH_status"] == "skipped"
     page = (out / "group_report.html").read_text()
-    assert "sub-03_ses-01" in page and "DEMO MODELS" in page
+    assert "sub-03_ses-01" in page and ("DEMO MODELS" in page) is not STANDINS
+    if STANDINS:
+        assert [(r["PVS_model"], r["PVS_model_md5"]) for r in rows] == [("PVS v4", "verified")] * 3
+        assert {r["WMH_model"] for r in rows[:2]} == {"WMH v2"}
+
+
+def test_newest_published_releases_run_and_are_reported(first_run):
+    """Issue 15 "Done when": every release present (PVS v3 without md5s too); the run uses
+    PVS v4, WMH v2, CMB v2 and LAC v0, and the log, summary, sidecars and report say so."""
+    if not STANDINS:
+        pytest.skip("../shared/fixtures is absent: the models folder holds demo models")
+    root, _, _, _, _ = first_run
+    out = root / "out"
+    expected = {"sub-01_ses-01": {"PVS": ("v4", ["t1", "flair"]), "WMH": ("v2", ["t1", "flair"]),
+                                  "CMB": ("v2", ["swi"]), "LAC": ("v0", ["t1", "flair"])},
+                "sub-02_ses-01": {"PVS": ("v4", ["t1"]), "CMB": ("v2", ["swi"])}}
+    for unit, markers in expected.items():
+        record = summary(out, unit)
+        done = {m: v["model"] for m, v in record["markers"].items() if v["status"] == "done"}
+        assert {m: (p["version"], p["modalities"]) for m, p in done.items()} == markers
+        for marker, model in done.items():
+            assert model["descriptor"].startswith(str(root / "models" / "model_info_"))
+            assert model["checksums"] == "verified" and model["selection"]["reason"]
+            space = "SWI" if marker == "CMB" else "T1w"
+            sidecar = json.loads((out / unit.replace("_", "/") / "anat" /
+                                  f"{unit}_space-{space}_label-{marker}_probseg.json").read_text())
+            assert sidecar["Model"]["version"] == markers[marker][0]
+        not_used = {o["model"]: o["reason"] for o in done["PVS"]["selection"]["not_used"]}
+        assert len(not_used) == 7 and not_used["PVS v3 (t1)"] == "older release (v3 < v4)"
+        if unit == "sub-01_ses-01":
+            assert not_used["PVS v4 (t1)"].startswith("same version, uses fewer")
+        else:
+            assert not_used["PVS v4 (t1+flair)"].startswith("needs t1+flair; the unit has")
+        page = (out / f"{unit}.html").read_text()
+        assert "not used: PVS v3 (t1+flair)" in page and "why: newest release" in page
+        unit_log = (out / "logs" / f"{unit}.log").read_text()
+        pvs = "t1+flair" if unit == "sub-01_ses-01" else "t1"
+        assert f"PVS: using PVS v4 ({pvs})" in unit_log
+        assert "PVS: not using PVS v3 (t1+flair)" in unit_log
 
 
 def test_rerun_skips_complete_units(first_run):

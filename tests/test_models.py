@@ -16,9 +16,10 @@ import pytest
 
 from shiva_bids.errors import (BadInputError, ExitCode, MissingInputError, TemporaryError,
                                UsageError)
-from shiva_bids.models import (EnsemblePredictor, ModelDescriptor, discover_descriptors,
-                               load_descriptor, md5_of_path, resolve_model_file,
-                               select_descriptors)
+from shiva_bids.models import (EnsemblePredictor, ModelDescriptor, choose_models,
+                               discover_descriptors, load_descriptor, md5_of_path,
+                               resolve_model_file, scan_models_dir, select_descriptors,
+                               warn_unused)
 
 tf = pytest.importorskip("tensorflow")
 from shiva_bids.models import testing as tiny  # noqa: E402  (needs TensorFlow)
@@ -141,6 +142,7 @@ def test_provenance_is_json_and_complete(built):
     assert prov["folds"][0]["md5"] == md5_of_path(predictor.descriptor.folds[0])
     assert prov["device"] == "cpu" and prov["tensorflow_version"] == tf.__version__
     assert prov["input_shape"] == list(GRID) and prov["checksums_verified"] is True
+    assert prov["checksums"] == "verified" and "lambda_rebuilt" not in prov["folds"][0]
 
 
 def test_mixed_float16_h5_is_rebuilt_in_float32_on_cpu(tmp_path, images):
@@ -155,6 +157,22 @@ def test_mixed_float16_h5_is_rebuilt_in_float32_on_cpu(tmp_path, images):
 
 
 # --- errors --------------------------------------------------------------------------------
+
+def test_unpublished_md5_runs_with_one_warning(built, tmp_path, images, caplog):
+    """PVS v3 as published: folds without md5 run unverified, after one warning; the
+    provenance says `md5: not published` and keeps the md5 as computed."""
+    descriptor = _copy_folder(built["savedmodel"], tmp_path)
+    _edit_json(descriptor, lambda d: [entry.pop("md5") for entry in d["files"]])
+    with caplog.at_level(logging.WARNING):
+        predictor = EnsemblePredictor(load_descriptor(descriptor), device="cpu")
+        predictor.predict(images[:1], [None])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "lists no md5 for 2 of its 2 model file(s)" in warnings[0]
+    prov = predictor.provenance
+    assert prov["checksums"] == "not published" and prov["checksums_verified"] is False
+    assert [f["md5"] for f in prov["folds"]] == ["not published"] * 2
+    assert prov["folds"][0]["md5_computed"] == md5_of_path(predictor.descriptor.folds[0])
+
 
 def test_md5_mismatch_is_bad_input(built, tmp_path):
     descriptor = _copy_folder(built["h5"], tmp_path)
@@ -210,8 +228,8 @@ def test_unreadable_model_file(tmp_path):
     assert err.value.exit_code == ExitCode.BAD_INPUT and "\n" not in str(err.value)
 
 
-def test_py37_bytecode_lambda_h5_points_to_savedmodel(built, tmp_path):
-    """A Lambda marshalled by another Python (SHIVA.md §3, SHiVAi#17) -> one clear line."""
+def test_unrebuildable_lambda_bytecode_is_one_line(built, tmp_path):
+    """Lambda bytecode that no supported Python reads (SHIVA.md §3, SHiVAi#17) -> one line."""
     import h5py
 
     path = tmp_path / "old.h5"
@@ -223,9 +241,11 @@ def test_py37_bytecode_lambda_h5_points_to_savedmodel(built, tmp_path):
                 code = base64.b64decode(layer["config"]["function"][0])
                 layer["config"]["function"][0] = base64.b64encode(code[:20]).decode()
         handle.attrs["model_config"] = json.dumps(config)
-    with pytest.raises(BadInputError, match="SavedModel release") as err:
+    with pytest.raises(BadInputError, match="could not be rebuilt") as err:
         load_model(path, "cpu")
-    assert "\n" not in str(err.value) and "EOFError" in str(err.value)
+    message = str(err.value)
+    assert "\n" not in message and "EOFError" in message and "SavedModel release" in message
+    assert "Lambda layer 'enc_swish'" in message and message.startswith(str(path))
 
 
 def test_out_of_memory_is_temporary(built):
@@ -260,7 +280,8 @@ def test_unknown_target(tmp_path):
     (tmp_path / "m" / "model_info.json").write_text(json.dumps(
         {"version": "v0", "target": "EPVS", "modalities": ["t1"],
          "files": [{"name": "a.h5", "md5": "0" * 32}]}))
-    with pytest.raises(BadInputError, match="unknown target 'EPVS'") as err:
+    with pytest.raises(BadInputError, match="no usable model descriptor.*unknown target 'EPVS'"
+                       ) as err:
         discover_descriptors(tmp_path)
     assert err.value.exit_code == ExitCode.BAD_INPUT
 
@@ -273,18 +294,27 @@ def test_bad_json_descriptor(tmp_path):
 
 # --- descriptors, checksums, selection --------------------------------------------------------
 
-FIXTURES = {  # file: (target, modalities, version, fold numbers in descriptor order)
-    "model_info_t1-pvs-v0.json": ("PVS", ("t1",), "v0", [0, 1, 2, 3, 4]),
-    "model_info_t1-pvs-v1.json": ("PVS", ("t1",), "v1", [0, 1, 2, 3, 4, 5]),
-    "model_info_t1-flair-pvs.json": ("PVS", ("t1", "flair"), "v1", [0, 1, 2, 3, 4]),
-    "model_info_t1-pvs-v2.json": ("PVS", ("t1",), "v2", [1, 3, 0, 2, 4]),
-    "model_info_flair-wmh.json": ("WMH", ("flair",), "v0", [4, 3, 2, 1, 0]),
-    "model_info_t1-flair-wmh-v0.json": ("WMH", ("t1", "flair"), "v0", [0, 1, 2, 3, 4]),
-    "model_info_t1-flair-wmh-v1.json": ("WMH", ("t1", "flair"), "v1", [0, 1, 2, 3, 4]),
-    "model_info_swi-cmb-v1.json": ("CMB", ("swi",), "v1", [0, 2, 1]),
-    "model_info_swi-cmb-v2.json": ("CMB", ("swi",), "v2", [0, 1, 2]),
-    "model_info_t1-flair-lac-v0.json": ("LAC", ("t1", "flair"), "v0", [0, 1, 2]),
+FIXTURES = {  # file: (target, modalities, version, format, fold numbers in descriptor order)
+    "model_info_t1-pvs-v0.json": ("PVS", ("t1",), "v0", "h5", [0, 1, 2, 3, 4]),
+    "model_info_t1-pvs-v1.json": ("PVS", ("t1",), "v1", "h5", [0, 1, 2, 3, 4, 5]),
+    "model_info_t1-flair-pvs.json": ("PVS", ("t1", "flair"), "v1", "h5", [0, 1, 2, 3, 4]),
+    "model_info_t1-pvs-v2.json": ("PVS", ("t1",), "v2", "SavedModel", [1, 3, 0, 2, 4]),
+    "model_info_t1-pvs-v3.json": ("PVS", ("t1",), "v3", "SavedModel", [0, 1, 2, 3, 4]),
+    "model_info_t1-flair-pvs-v3.json": ("PVS", ("t1", "flair"), "v3", "SavedModel",
+                                        [0, 1, 2, 3, 4]),
+    "model_info_t1-pvs-v4.json": ("PVS", ("t1",), "v4", "SavedModel", [0, 1, 2, 3, 4]),
+    "model_info_t1-flair-pvs-v4.json": ("PVS", ("t1", "flair"), "v4", "SavedModel",
+                                        [0, 1, 2, 3, 4]),
+    "model_info_flair-wmh.json": ("WMH", ("flair",), "v0", "h5", [4, 3, 2, 1, 0]),
+    "model_info_t1-flair-wmh-v0.json": ("WMH", ("t1", "flair"), "v0", "h5", [0, 1, 2, 3, 4]),
+    "model_info_t1-flair-wmh-v1.json": ("WMH", ("t1", "flair"), "v1", "h5", [0, 1, 2, 3, 4]),
+    "model_info_t1-flair-wmh-v2.json": ("WMH", ("t1", "flair"), "v2", "SavedModel",
+                                        [0, 1, 2, 3, 4]),
+    "model_info_swi-cmb-v1.json": ("CMB", ("swi",), "v1", "h5", [0, 2, 1]),
+    "model_info_swi-cmb-v2.json": ("CMB", ("swi",), "v2", "SavedModel", [0, 1, 2]),
+    "model_info_t1-flair-lac-v0.json": ("LAC", ("t1", "flair"), "v0", "SavedModel", [0, 1, 2]),
 }
+UNPUBLISHED_MD5 = {"model_info_t1-pvs-v3.json", "model_info_t1-flair-pvs-v3.json"}
 
 
 def _fold_number(name: str) -> int:
@@ -292,14 +322,19 @@ def _fold_number(name: str) -> int:
 
 
 def test_every_published_descriptor_parses(shared_dir):
+    """All 15 releases of SHIVA.md §2.2, PVS v3 (no md5 listed) included."""
     folder = shared_dir / "fixtures" / "shiva_model_info"
     assert sorted(p.name for p in folder.glob("*.json")) == sorted(FIXTURES)
-    for name, (target, modalities, version, order) in FIXTURES.items():
+    for name, (target, modalities, version, fmt, order) in FIXTURES.items():
         d = load_descriptor(folder / name)
-        assert (d.target, d.modalities, d.version) == (target, modalities, version), name
+        assert (d.target, d.modalities, d.version, d.format) == (target, modalities, version,
+                                                                  fmt), name
         assert [_fold_number(f.name) for f in d.files] == order, name
         assert [p.name for p in d.folds] == [Path(f.name).name for f in d.files]
         assert d.release is not None and d.author == "Philippe Boutinaud" and not d.is_demo
+        unpublished = name in UNPUBLISHED_MD5
+        assert d.unpublished_md5 == (tuple(f.name for f in d.files) if unpublished else ()), name
+        assert all((f.md5 is None) == unpublished for f in d.files), name
     lac = load_descriptor(folder / "model_info_t1-flair-lac-v0.json")
     assert lac.sha256_zip.startswith("ADB14247") and lac.model_format == "SavedModel"
     assert (lac.architecture, lac.tensorflow_min_version) == ("ResUnet3D-8.9.2-1.5", "2.17")
@@ -353,18 +388,92 @@ def published_dir(shared_dir, tmp_path) -> Path:
     return tmp_path
 
 
-def test_selection_newest_version_with_available_modalities(published_dir):
+# The documented choice (docs/models.md "Which model is used") over all 15 releases, for each
+# marker and set of images: (version, modalities) or None (skipped).
+DOCUMENTED_CHOICE = {
+    ("t1",): {"PVS": ("v4", ("t1",)), "WMH": None, "CMB": None, "LAC": None},
+    ("flair",): {"PVS": None, "WMH": ("v0", ("flair",)), "CMB": None, "LAC": None},
+    ("swi",): {"PVS": None, "WMH": None, "CMB": ("v2", ("swi",)), "LAC": None},
+    ("t1", "swi"): {"PVS": ("v4", ("t1",)), "WMH": None, "CMB": ("v2", ("swi",)), "LAC": None},
+    ("flair", "swi"): {"PVS": None, "WMH": ("v0", ("flair",)), "CMB": ("v2", ("swi",)),
+                       "LAC": None},
+    ("t1", "flair"): {"PVS": ("v4", ("t1", "flair")), "WMH": ("v2", ("t1", "flair")),
+                      "CMB": None, "LAC": ("v0", ("t1", "flair"))},
+    ("t1", "flair", "swi"): {"PVS": ("v4", ("t1", "flair")), "WMH": ("v2", ("t1", "flair")),
+                             "CMB": ("v2", ("swi",)), "LAC": ("v0", ("t1", "flair"))},
+}
+
+
+@pytest.mark.parametrize("images", list(DOCUMENTED_CHOICE), ids="+".join)
+def test_selection_over_all_releases_is_the_documented_one(published_dir, images):
     descriptors = discover_descriptors(published_dir)
-    assert len(descriptors) == 10
-    chosen, skipped = select_descriptors(descriptors, ["PVS", "WMH", "CMB", "LAC"],
-                                         {"t1w", "swi"}, {})
+    assert len(descriptors) == 15
+    choices = choose_models(descriptors, ["PVS", "WMH", "CMB", "LAC"], images)
+    for marker, expected in DOCUMENTED_CHOICE[images].items():
+        chosen = choices[marker].descriptor
+        assert (chosen and (chosen.version, chosen.modalities)) == (expected or None), marker
+        if chosen is None:
+            continue
+        others = {label: why for label, _, why in choices[marker].others}
+        assert len(others) == sum(d.target == marker for d in descriptors) - 1
+        if marker == "PVS" and "flair" in images:
+            assert others["PVS v3 (t1+flair)"] == "older release (v3 < v4)"
+            assert others["PVS v4 (t1)"].startswith("same version, uses fewer")
+        if marker == "PVS" and "flair" not in images:
+            assert others["PVS v4 (t1+flair)"].startswith("needs t1+flair; the unit has")
+
+
+def test_selection_legacy_choices_without_newer_releases(published_dir):
+    """Without the 2026 releases: PVS v2 (T1), WMH v1, CMB v2 (the milestone-1 table)."""
+    for name in ("model_info_t1-pvs-v3", "model_info_t1-pvs-v4", "model_info_t1-flair-pvs-v3",
+                 "model_info_t1-flair-pvs-v4", "model_info_t1-flair-wmh-v2"):
+        shutil.rmtree(published_dir / name)
+    chosen, skipped = select_descriptors(discover_descriptors(published_dir),
+                                         ["PVS", "WMH", "CMB", "LAC"], {"t1w", "swi"}, {})
     assert (chosen["PVS"].version, chosen["PVS"].modalities) == ("v2", ("t1",))
     assert chosen["CMB"].version == "v2"
     assert set(skipped) == {"WMH", "LAC"} and "t1+flair" in skipped["LAC"]
-    chosen, _ = select_descriptors(descriptors, ["WMH"], {"flair"}, {})
-    assert chosen["WMH"].modalities == ("flair",)
-    chosen, _ = select_descriptors(descriptors, ["WMH", "LAC"], {"t1", "flair"}, {})
-    assert chosen["WMH"].version == "v1" and chosen["LAC"].version == "v0"
+    chosen, _ = select_descriptors(discover_descriptors(published_dir), ["WMH", "PVS"],
+                                   {"t1", "flair"}, {})
+    assert chosen["WMH"].version == "v1" and chosen["PVS"].version == "v2"
+
+
+def test_broken_descriptors_are_ignored_unless_selected(published_dir, caplog):
+    """A broken descriptor is warned about once and ignored, unless it ranks first for a
+    requested marker: then the run stops with its one-line error."""
+    (published_dir / "junk").mkdir()
+    (published_dir / "junk" / "model_info_junk.json").write_text("{not json")
+    v4_dir = published_dir / "model_info_t1-pvs-v4"
+    data = json.loads((v4_dir / "model_info_t1-pvs-v4.json").read_text())
+    v4_folds = [entry["name"] for entry in data["files"]]
+    data.update(version="v5", files=[{"name": "T1-PVS/new_fold_0", "md5": "xyz"}])
+    (v4_dir / "model_info_t1-pvs-v5.json").write_text(json.dumps(data))
+    scan = scan_models_dir(published_dir)
+    assert len(scan.descriptors) == 15 and len(scan.broken) == 2
+    junk, broken_v5 = sorted(scan.broken, key=lambda b: b.target or "")
+    assert junk.target is None and "not valid JSON" in junk.problem
+    assert (broken_v5.target, broken_v5.version) == ("PVS", "v5")
+    with pytest.raises(BadInputError, match=r"model_info_t1-pvs-v5.json.*malformed md5.*"
+                       r"selected for PVS") as err:
+        choose_models(scan.descriptors, ["PVS"], {"t1"}, broken=scan.broken)
+    assert "\n" not in str(err.value)
+    choices = choose_models(scan.descriptors, ["WMH", "CMB"], {"t1", "flair", "swi"},
+                            broken=scan.broken)  # PVS not requested: v5 does not matter
+    assert choices["WMH"].descriptor.version == "v2"
+    for name in v4_folds:
+        (v4_dir / name).mkdir(parents=True)
+    choices = choose_models(scan.descriptors, ["PVS"], {"t1"}, broken=scan.broken)
+    assert choices["PVS"].descriptor.version == "v4"  # present folds rank above v5's missing
+    assert ("PVS v5 (t1, broken)", str(broken_v5.path),
+            f"broken descriptor: {broken_v5.problem}") in choices["PVS"].others
+    with caplog.at_level(logging.WARNING):
+        warn_unused(scan, [choices["PVS"].descriptor.path])
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("model_info_junk.json: ignored: not valid JSON" in m for m in warned) == 1
+    assert sum("model_info_t1-pvs-v5.json: ignored" in m for m in warned) == 1
+    assert not any("model_info_t1-pvs-v4.json" in m for m in warned)  # used
+    assert any("model_info_t1-pvs-v3.json: ignored: 5 of 5 fold file(s) missing" in m
+               for m in warned)
 
 
 def test_selection_prefers_present_files_then_real_over_demo(published_dir):
@@ -374,6 +483,7 @@ def test_selection_prefers_present_files_then_real_over_demo(published_dir):
     _edit_json(demo, lambda d: d.update(files=[{"name": "absent", "md5": "0" * 32}]))
     chosen, _ = select_descriptors(discover_descriptors(published_dir), ["CMB"], {"swi"}, {})
     assert chosen["CMB"].version == "v2"  # real before demo (no files present anywhere)
+    assert not chosen["CMB"].files_present
     present = published_dir / "model_info_swi-cmb-v1" / "absent"
     present.write_bytes(b"")
     chosen, _ = select_descriptors(discover_descriptors(published_dir), ["CMB"], {"swi"}, {})
@@ -403,3 +513,52 @@ def test_tiny_factory_odd_grid_and_demo_flag(tmp_path):
     assert (predictor.input_shape, predictor.channels) == ((9, 10, 8), 1)
     out = predictor.predict([np.ones((9, 10, 8), np.float32)], [None])[0]
     assert out.mean.shape == (9, 10, 8) and predictor.provenance["demo"] is True
+
+
+# --- `shiva-bids models list` ------------------------------------------------------------------
+
+def _unzipped_releases(published: Path, root: Path) -> Path:
+    """The published descriptors side by side in `root`, each fold a small dummy folder at
+    its published name and the md5s rewritten to match (none where none is published)."""
+    for source in sorted(published.glob("*.json")):
+        data = json.loads(source.read_text())
+        for entry in data["files"]:
+            fold = root / entry["name"]
+            fold.mkdir(parents=True)
+            (fold / "saved_model.pb").write_text(entry["name"])
+            if "md5" in entry:
+                entry["md5"] = md5_of_path(fold)
+        (root / source.name).write_text(json.dumps(data))
+    return root
+
+
+def test_models_list_shows_every_release_and_the_choice(shared_dir, tmp_path, capsys):
+    from shiva_bids.cli import main
+
+    root = _unzipped_releases(shared_dir / "fixtures" / "shiva_model_info", tmp_path / "m")
+    cmb_v2 = json.loads((root / "model_info_swi-cmb-v2.json").read_text())["files"]
+    (root / cmb_v2[1]["name"] / "saved_model.pb").write_text("corrupt")
+    wmh_v1 = json.loads((root / "model_info_t1-flair-wmh-v1.json").read_text())["files"]
+    shutil.rmtree(root / wmh_v1[0]["name"])
+    (root / "model_info_broken.json").write_text("{not json")
+    assert main(["models", "list", "--models-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[-1]: line.split() for line in out.splitlines()
+            if line.endswith(".json") and line.startswith(("PVS", "WMH", "CMB", "LAC"))}
+    assert len(rows) == 15 and out.startswith(f"16 model descriptor(s) under {root}")
+    assert rows["model_info_t1-pvs-v3.json"][:8] == ["PVS", "t1", "v3", "16/02/2026",
+                                                     "SavedModel", "5", "5/5", "not"]
+    assert rows["model_info_t1-pvs-v0.json"][4:8] == ["h5", "5", "5/5", "verified"]
+    assert rows["model_info_t1-flair-wmh-v1.json"][5:8] == ["5", "4/5", "-"]
+    assert rows["model_info_swi-cmb-v2.json"][7:9] == ["MISMATCH:", cmb_v2[1]["name"]]
+    assert "model_info_broken.json: not valid JSON" in out
+    choice = {line.split()[0]: line for line in out.splitlines()
+              if line.startswith(("T1 ", "T1+FLAIR"))}
+    assert choice["T1"].split()[1:] == ["PVS", "v4", "(t1)", "-", "-", "-"]
+    assert choice["T1+FLAIR+SWI"].split()[1:] == [
+        "PVS", "v4", "(t1+flair)", "WMH", "v2", "(t1+flair)", "CMB", "v2", "(swi)", "(stops:",
+        "md5", "mismatch)", "LAC", "v0", "(t1+flair)"]
+    assert main(["models", "list", "--models-dir", str(root), "--no-verify"]) == 0
+    assert "not checked" in capsys.readouterr().out
+    assert main(["models", "list", "--models-dir", str(tmp_path / "absent")]) == 66
+    assert main(["models", "list"]) == 64

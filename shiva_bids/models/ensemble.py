@@ -29,10 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from shiva_bids.errors import BadInputError, TemporaryError, UsageError
-from shiva_bids.models.checksums import verify_model_files
+from shiva_bids.models.checksums import checksum_status, fold_records, verify_model_files
 from shiva_bids.models.descriptors import ModelDescriptor
 from shiva_bids.models.devices import configure_device, tf_device_name
-from shiva_bids.models.loaders import LoadedModel, load_model
+from shiva_bids.models.loaders import LoadedModel, fold_provenance, load_model
 
 log = logging.getLogger(__name__)
 FOLD_ZERO_BELOW = 0.001  # SHIVA.md §4: per-fold values < 0.001 are set to 0
@@ -182,8 +182,10 @@ class EnsemblePredictor:
             "release_date": d.release_date, "modalities": list(d.modalities),
             "architecture": d.architecture, "url": d.url, "demo": d.is_demo,
             "format": self.format,
-            "folds": [{"name": f.name, "md5": self.md5[f.name]} for f in d.files],
-            "checksums_verified": self.checksums_verified,
+            "folds": [{**record, **fold_provenance(path)}
+                      for record, path in zip(fold_records(d, self.md5), d.folds)],
+            "checksums_verified": self.checksums_verified and not d.unpublished_md5,
+            "checksums": checksum_status(d, self.checksums_verified),
             "input_shape": list(self.input_shape), "channels": self.channels,
             "tensorflow_version": tf.__version__, "device": self.device,
             "threads": self.threads, "tta": self.tta,

@@ -4,7 +4,7 @@
 |---|---|
 | SavedModel folder (`.tf_inference`, or any folder with `saved_model.pb`) | `tf.saved_model.load`, signature `serving_default` (else `serve`); input = first key of the signature's structured input spec, cast to that signature's dtype; output = first key |
 | Keras 3 `.keras` (+ optional descriptor `script`) | the script is imported as module `kmodel` and its names passed as custom objects, with `{"tf": tf}`; `keras.saving.load_model(compile=False)` |
-| legacy Keras 2 `.h5` | `tf_keras.models.load_model(compile=False, custom_objects={"tf": tf})`; Python-bytecode Lambda layers from another Python fail with one line pointing to the SavedModel release |
+| legacy Keras 2 `.h5` | `tf_keras.models.load_model(compile=False, custom_objects={"tf": tf})`; Lambda layers marshalled by another Python (the SHIVA v0/v1 files: Python 3.7) are rebuilt for this Python first (shiva_bids.models.legacy), then the model is built from the rebuilt config and the file's weights are loaded; what cannot be rebuilt fails with one line |
 
 Models saved with the `mixed_float16` policy are rebuilt in float32 on CPU (config edited,
 weights copied), as the SHIVA_CMB reference script does (§3). Keras models are called directly
@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,11 +23,12 @@ from typing import Any, Callable
 import numpy as np
 
 from shiva_bids.errors import BadInputError, MissingInputError
+from shiva_bids.models import legacy
 
 log = logging.getLogger(__name__)
 FORMATS: tuple[str, ...] = ("SavedModel", "keras", "h5")
 _SIGNATURES = ("serving_default", "serve")
-SAVEDMODEL_RELEASES = "PVS v2, CMB v2, LAC v0"
+SAVEDMODEL_RELEASES = "PVS v2-v4, WMH v2, CMB v2, LAC v0"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class LoadedModel:
     input_dtype: str
     call: Callable[[np.ndarray], Any]
     handle: Any = None  # the loaded object; kept alive as long as `call` is used
+    rebuilt: tuple[legacy.RebuiltLambda, ...] = ()  # Lambda functions rebuilt (legacy .h5)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Forward (n, X, Y, Z, C) -> (n, X, Y, Z) float32 (single-channel output squeezed)."""
@@ -184,22 +187,61 @@ def _is_bytecode_error(exc: BaseException) -> bool:
         or "code() argument" in text or "unknown opcode" in text
 
 
+def _bytecode_message(path: Path, detail: str) -> str:
+    return (f"{path}: {detail}; Python {legacy.running_python()} cannot load it: use a "
+            f"SavedModel release of this marker if there is one ({SAVEDMODEL_RELEASES}; "
+            f"see docs/models.md)")
+
+
+def _from_rebuilt_config(path: Path, config: dict, custom: dict[str, Any]) -> Any:
+    """The tf_keras model of a rebuilt config, with the weights of the `.h5` file."""
+    import tf_keras
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    with SafeModeScope(False), warnings.catch_warnings():
+        # the module that defined the Lambda at training time is not importable here
+        warnings.filterwarnings("ignore", message=".*is not loaded, but a Lambda layer")
+        model = tf_keras.models.model_from_config(config, custom_objects=custom)
+    model.load_weights(path)
+    return model
+
+
 def _load_h5(path: Path, device: str) -> LoadedModel:
     import tensorflow as tf
     import tf_keras
 
     custom = {"tf": tf}
     try:
-        model = tf_keras.models.load_model(path, compile=False, custom_objects=custom)
-    except (EOFError, ValueError, SystemError, TypeError) as exc:
-        if not _is_bytecode_error(exc):
-            raise
-        raise BadInputError(
-            f"{path}: its Lambda layers are Python bytecode written by another Python version "
-            f"and cannot load on Python {sys.version_info.major}.{sys.version_info.minor} "
-            f"({type(exc).__name__}: {exc}); use the SavedModel release of this model instead "
-            f"({SAVEDMODEL_RELEASES}; see docs/models.md)") from exc
-    return _keras_loaded(model, path, "h5", device, custom)
+        config, rebuilt = legacy.rebuilt_h5_config(path)
+    except legacy.LambdaRebuildError as exc:
+        raise BadInputError(_bytecode_message(path, str(exc))) from exc
+    if rebuilt:
+        log.info("%s: %d Lambda function(s) written by Python %s rebuilt for Python %s",
+                 path.name, len(rebuilt), ", ".join(sorted({r.python for r in rebuilt})),
+                 legacy.running_python())
+        model = _from_rebuilt_config(path, config, custom)
+    else:
+        try:
+            model = tf_keras.models.load_model(path, compile=False, custom_objects=custom)
+        except (EOFError, ValueError, SystemError, TypeError) as exc:
+            if not _is_bytecode_error(exc):
+                raise
+            raise BadInputError(_bytecode_message(
+                path, f"its Lambda layers hold unreadable bytecode ({type(exc).__name__}: "
+                      f"{exc})")) from exc
+    loaded = _keras_loaded(model, path, "h5", device, custom)
+    loaded.rebuilt = rebuilt
+    return loaded
+
+
+def fold_provenance(path: Path) -> dict[str, Any]:
+    """Provenance a fold adds to its md5 record: its rebuilt Lambda layers, if any."""
+    if not path.is_file() or model_format(path) != "h5":
+        return {}
+    try:
+        return legacy.provenance(legacy.rebuilt_h5_config(path)[1])
+    except (legacy.LambdaRebuildError, OSError, ValueError):
+        return {}
 
 
 def load_model(path: Path, device: str = "cpu", script: Path | None = None) -> LoadedModel:

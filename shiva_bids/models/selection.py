@@ -1,34 +1,53 @@
-"""Find descriptors under `--models-dir` and choose one per marker.
+"""Find descriptors under `--models-dir` and choose one release per marker.
 
-Choice rule (issue #4; documented in docs/models.md), for each requested marker:
+Choice rule (docs/models.md "Which model is used"), for each requested marker:
 
 1. `--model M=path` wins (a descriptor file, or a folder holding one; a path that does not
    exist as given is joined onto `--models-dir`, as SHiVAi does, reference/SHIVA.md §2.3).
-2. Otherwise the descriptors whose `target` is the marker and whose modalities are all
-   available; among them, prefer the ones whose model files are all present, then real
-   models over demo models, then the newest `version`, then the newest `release date`
-   (then the path, for determinism).
+2. Otherwise the descriptors whose `target` is the marker and whose modalities the unit has,
+   ranked by :func:`preference`: all fold files present first, then real models over demo
+   models, then the newest `version` (v4 over v3 over v2 ...), then, within one version, the
+   model that uses more of the unit's images (SHiVAi's `all` runs the T1+FLAIR PVS model,
+   SHIVA.md §1.1), then the newest `release date`, then the path (for determinism).
+3. Broken descriptors (bad JSON, unknown target, malformed fields; see
+   :class:`~shiva_bids.models.descriptors.BrokenDescriptor`) take part in the ranking with what
+   could be read of them. One that ranks first for a requested marker stops the run with its
+   one-line error; the others are warned about once (:func:`warn_unused`) and ignored. A
+   selected descriptor with a missing fold or a wrong md5 stops the run when its ensemble is
+   built (exit 66 / 65); md5s are not computed for releases that are not selected.
+
+Every choice carries why that release runs and why each other release of the marker does not
+(:class:`MarkerChoice`), for the log, the report and the sidecars.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from shiva_bids.bids.inputs import MODALITY_TO_ROLE, ROLES
-from shiva_bids.errors import MissingInputError, UsageError
-from shiva_bids.models.descriptors import ModelDescriptor, load_descriptor
+from shiva_bids.errors import BadInputError, MissingInputError, UsageError
+from shiva_bids.models.descriptors import (DESCRIPTOR_GLOB, BrokenDescriptor, ModelDescriptor,
+                                           ReleaseFacts, load_descriptor, read_descriptor)
 
 log = logging.getLogger(__name__)
-DESCRIPTOR_GLOB = "model_info*.json"
 
 
-def discover_descriptors(models_dir: Path) -> list[ModelDescriptor]:
-    """Every `model_info*.json` under `models_dir` (recursive), parsed, sorted by path.
+@dataclass(frozen=True)
+class ModelScan:
+    """Every `model_info*.json` under a models folder: the usable ones and the broken ones."""
 
-    Raises MissingInputError (66) when the folder is missing or holds no descriptor, and
-    BadInputError (65) naming the file when a descriptor is malformed or names an unknown
-    target.
+    models_dir: Path
+    descriptors: tuple[ModelDescriptor, ...]
+    broken: tuple[BrokenDescriptor, ...]
+
+
+def scan_models_dir(models_dir: Path) -> ModelScan:
+    """Read every `model_info*.json` under `models_dir` (recursive, sorted by path).
+
+    Raises MissingInputError (66) when the folder is missing or holds no descriptor; broken
+    descriptors are returned, not raised.
     """
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
@@ -37,7 +56,22 @@ def discover_descriptors(models_dir: Path) -> list[ModelDescriptor]:
     if not paths:
         raise MissingInputError(f"--models-dir {models_dir}: no {DESCRIPTOR_GLOB} found "
                                 f"(see docs/models.md for the expected layout)")
-    return [load_descriptor(p) for p in paths]
+    read = [read_descriptor(p) for p in paths]
+    return ModelScan(models_dir,
+                     tuple(d for d in read if isinstance(d, ModelDescriptor)),
+                     tuple(d for d in read if isinstance(d, BrokenDescriptor)))
+
+
+def discover_descriptors(models_dir: Path) -> list[ModelDescriptor]:
+    """The usable descriptors under `models_dir` (see :func:`scan_models_dir`).
+
+    Raises BadInputError (65) naming every broken file when none is usable.
+    """
+    scan = scan_models_dir(models_dir)
+    if not scan.descriptors:
+        raise BadInputError(f"--models-dir {models_dir}: no usable model descriptor: "
+                            + "; ".join(str(b.error) for b in scan.broken))
+    return list(scan.descriptors)
 
 
 def roles_of(modalities: Iterable[str]) -> set[str]:
@@ -54,15 +88,70 @@ def roles_of(modalities: Iterable[str]) -> set[str]:
     return out
 
 
-def _files_present(descriptor: ModelDescriptor) -> bool:
-    return all(p.exists() for p in descriptor.folds)
-
-
-def preference(descriptor: ModelDescriptor) -> tuple:
+def preference(descriptor: ReleaseFacts) -> tuple:
     """Sort key of the choice rule (module docstring, step 2): higher is preferred."""
     release = descriptor.release
-    return (_files_present(descriptor), not descriptor.is_demo, descriptor.version_number,
-            release.toordinal() if release else 0, str(descriptor.path))
+    return (descriptor.files_present, not descriptor.is_demo, descriptor.version_number,
+            len(descriptor.modalities or ()), release.toordinal() if release else 0,
+            str(descriptor.path))
+
+
+def _why_not(other: ReleaseFacts, best: ReleaseFacts) -> str:
+    """Why `other` ranks below `best`: the first sort key where they differ."""
+    if isinstance(other, BrokenDescriptor):
+        return f"broken descriptor: {other.problem}"
+    if not other.files_present and best.files_present:
+        missing = other.missing_folds
+        return (f"{len(missing)} of {len(other.fold_names)} fold file(s) missing under "
+                f"{other.directory}")
+    if other.is_demo and not best.is_demo:
+        return "demo model; a real model is available"
+    if other.version_number != best.version_number:
+        return f"older release ({other.version} < {best.version})"
+    if len(other.modalities) != len(best.modalities):
+        return (f"same version, uses fewer of the unit's images "
+                f"({'+'.join(other.modalities)} < {'+'.join(best.modalities)})")
+    if other.release != best.release:
+        return f"older release date ({other.release_date} < {best.release_date})"
+    return "same version and release date; the first path in sort order is used"
+
+
+@dataclass(frozen=True)
+class MarkerChoice:
+    """The release chosen for one marker of one unit (None: skipped), why, and why not the
+    marker's other releases ((label, descriptor path, reason) each)."""
+
+    marker: str
+    descriptor: ModelDescriptor | None
+    reason: str
+    others: tuple[tuple[str, str, str], ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"chosen": self.descriptor.label if self.descriptor else None,
+                "reason": self.reason,
+                "not_used": [{"model": label, "descriptor": path, "reason": why}
+                             for label, path, why in self.others]}
+
+    def log_lines(self) -> list[str]:
+        """One line for the choice, one per release not used."""
+        head = (f"{self.marker}: using {self.descriptor.label} ({self.descriptor.path}): "
+                f"{self.reason}" if self.descriptor else f"{self.marker}: skipped: {self.reason}")
+        return [head] + [f"{self.marker}: not using {label} ({path}): {why}"
+                         for label, path, why in self.others]
+
+
+def _needs(descriptor: ReleaseFacts, available: set[str]) -> str | None:
+    """Why the unit's images do not fit `descriptor` (None when they do, or are unknown)."""
+    if descriptor.modalities is None:
+        return None
+    try:
+        needed = roles_of(descriptor.modalities)
+    except ValueError:
+        return None
+    if needed <= available:
+        return None
+    have = "+".join(sorted(available)) or "none"
+    return f"needs {'+'.join(descriptor.modalities)}; the unit has {have}"
 
 
 def _override(marker: str, path: Path, models_dir: Path | None) -> ModelDescriptor:
@@ -80,36 +169,85 @@ def _override(marker: str, path: Path, models_dir: Path | None) -> ModelDescript
     return descriptor
 
 
+def choose_marker(marker: str, candidates: Sequence[ReleaseFacts],
+                  available: set[str]) -> MarkerChoice:
+    """The choice rule of the module docstring for one marker over `candidates` (valid and
+    broken descriptors whose target is `marker`). Raises the error of a broken descriptor
+    that ranks first."""
+    if not candidates:
+        return MarkerChoice(marker, None, f"no model descriptor with target {marker}")
+    unfit = {id(d): why for d in candidates if (why := _needs(d, available))}
+    usable = sorted((d for d in candidates if id(d) not in unfit), key=preference,
+                    reverse=True)
+    if not usable:
+        needs = " or ".join(sorted({"+".join(d.modalities) for d in candidates
+                                    if d.modalities}))
+        have = "+".join(sorted(available)) or "none"
+        return MarkerChoice(marker, None, f"{marker} models need {needs}; available: {have}",
+                            tuple((d.label, str(d.path), unfit[id(d)]) for d in candidates))
+    best = usable[0]
+    if isinstance(best, BrokenDescriptor):
+        raise type(best.error)(f"{best.error} (the release selected for {marker}; fix it, "
+                               f"remove it, or choose another with --model {marker}=...)")
+    reason = (f"newest release for the unit's images ({'+'.join(sorted(available))})"
+              if len(usable) > 1 or unfit else "the only release for this marker")
+    others = [(d.label, str(d.path), _why_not(d, best)) for d in usable[1:]]
+    others += [(d.label, str(d.path), why) for d in candidates if (why := unfit.get(id(d)))]
+    return MarkerChoice(marker, best, reason, tuple(others))  # type: ignore[arg-type]
+
+
+def choose_models(descriptors: Sequence[ModelDescriptor], markers: Sequence[str],
+                  available_modalities: Iterable[str],
+                  overrides: Mapping[str, Path] | None = None,
+                  models_dir: Path | None = None,
+                  broken: Sequence[BrokenDescriptor] = ()) -> dict[str, MarkerChoice]:
+    """One :class:`MarkerChoice` per requested marker (rule in the module docstring).
+
+    `available_modalities` may hold descriptor names ("t1", "flair", "swi", "t2", "t2s") or
+    InputSet roles ("t1w", "flair", "swi", "t2w"); "swi" and "t2s" both mean the SWI role.
+    """
+    available = roles_of(available_modalities)
+    overrides = overrides or {}
+    choices = {}
+    for marker in markers:
+        if marker in overrides:
+            forced = _override(marker, overrides[marker], models_dir)
+            candidates: list[ReleaseFacts] = [forced]
+        else:
+            candidates = [d for d in [*descriptors, *broken] if d.target == marker]
+        choice = choose_marker(marker, candidates, available)
+        if marker in overrides and choice.descriptor is not None:
+            choice = MarkerChoice(marker, choice.descriptor,
+                                  f"forced with --model {marker}={overrides[marker]}")
+        choices[marker] = choice
+    return choices
+
+
 def select_descriptors(descriptors: Sequence[ModelDescriptor], markers: Sequence[str],
                        available_modalities: Iterable[str],
                        overrides: Mapping[str, Path] | None = None,
                        models_dir: Path | None = None,
+                       broken: Sequence[BrokenDescriptor] = (),
                        ) -> tuple[dict[str, ModelDescriptor], dict[str, str]]:
-    """Choose one descriptor per marker (rule in the module docstring).
+    """:func:`choose_models` as (chosen {marker: descriptor}, skipped {marker: reason})."""
+    choices = choose_models(descriptors, markers, available_modalities, overrides, models_dir,
+                            broken)
+    for choice in choices.values():
+        if choice.descriptor is not None:
+            log.info("%s: using %s (%s)", choice.marker, choice.descriptor.label,
+                     choice.descriptor.path)
+    return ({m: c.descriptor for m, c in choices.items() if c.descriptor is not None},
+            {m: c.reason for m, c in choices.items() if c.descriptor is None})
 
-    `available_modalities` may hold descriptor names ("t1", "flair", "swi", "t2", "t2s") or
-    InputSet roles ("t1w", "flair", "swi", "t2w"); "swi" and "t2s" both mean the SWI role.
-    Returns (chosen {marker: descriptor}, skipped {marker: reason}).
-    """
-    available = roles_of(available_modalities)
-    overrides = overrides or {}
-    chosen: dict[str, ModelDescriptor] = {}
-    skipped: dict[str, str] = {}
-    for marker in markers:
-        if marker in overrides:
-            candidates = [_override(marker, overrides[marker], models_dir)]
-        else:
-            candidates = [d for d in descriptors if d.target == marker]
-        if not candidates:
-            skipped[marker] = f"no model descriptor with target {marker}"
-            continue
-        usable = [d for d in candidates if roles_of(d.modalities) <= available]
-        if not usable:
-            needs = " or ".join(sorted({"+".join(d.modalities) for d in candidates}))
-            have = "+".join(sorted(available)) or "none"
-            skipped[marker] = f"{marker} models need {needs}; available: {have}"
-            continue
-        best = max(usable, key=preference)
-        chosen[marker] = best
-        log.info("%s: using %s (%s)", marker, best.label, best.path)
-    return chosen, skipped
+
+def warn_unused(scan: ModelScan, used: Iterable[Path]) -> None:
+    """Warn once about each broken descriptor, and each release with missing fold files,
+    that no unit uses (used ones stop the run instead)."""
+    used = set(used)
+    for broken in scan.broken:
+        log.warning("%s: ignored: %s", broken.path, broken.problem)
+    for descriptor in scan.descriptors:
+        if descriptor.path not in used and descriptor.missing_folds:
+            log.warning("%s: ignored: %d of %d fold file(s) missing under %s (%s)",
+                        descriptor.path, len(descriptor.missing_folds), len(descriptor.files),
+                        descriptor.directory, descriptor.missing_folds[0])

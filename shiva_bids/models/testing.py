@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from shiva_bids.models.checksums import md5_of_path
+from shiva_bids.models.descriptors import DESCRIPTOR_GLOB, format_of_name
 
 FORMAT_SUFFIX = {"savedmodel": ".tf_inference", "keras": ".keras", "h5": ".h5"}
 HEAD_GAIN = 8.0  # spreads the output logits over ~5 units, so maps are not near-constant
@@ -179,3 +182,42 @@ def write_threshold_mask_model(root: Path, threshold: float, gain: float = 40.0,
     return write_descriptor(folder, [fold], "brain_mask", ["t1"],
                             script=write_script(folder / "tiny_layers.py"),
                             name="model_info_brainmask.json")
+
+
+def write_published_standins(root: Path, published: Path, shape: Sequence[int],
+                             seed: int = 0, out_bias: float = -4.0) -> list[Path]:
+    """Every published descriptor in `published` (a folder of `model_info*.json`) unzipped
+    side by side into `root`, with a tiny stand-in network at each fold's published name.
+
+    Descriptors land in `root` itself, folds at their published relative paths, as the
+    releases' zips unpacked into one models folder. One tiny model per (format, channel count)
+    is copied to every fold of that kind; each descriptor's md5s are rewritten to the
+    stand-ins', except where the published descriptor lists none (PVS v3), which stays so.
+    Returns the descriptor paths.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as scratch:
+        templates: dict[tuple[str, int], Path] = {}
+        for source in sorted(Path(published).glob(DESCRIPTOR_GLOB)):
+            data = json.loads(source.read_text(encoding="utf-8"))
+            channels = len(data["modalities"])
+            for entry in data["files"]:
+                fmt = {"SavedModel": "savedmodel"}.get(format_of_name(entry["name"]), "h5")
+                key = (fmt, channels)
+                if key not in templates:
+                    templates[key] = save_tiny_model(
+                        Path(scratch) / f"{fmt}_{channels}{FORMAT_SUFFIX[fmt]}", fmt, shape,
+                        channels, seed, out_bias)
+                fold = root / entry["name"]
+                if not fold.exists():
+                    fold.parent.mkdir(parents=True, exist_ok=True)
+                    copy = shutil.copytree if templates[key].is_dir() else shutil.copyfile
+                    copy(templates[key], fold)
+                if "md5" in entry:
+                    entry["md5"] = md5_of_path(fold)
+            target = root / source.name
+            target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            written.append(target)
+    return written
