@@ -153,6 +153,11 @@ def test_native_labels_agree_with_nearest_neighbour_on_an_oblique_grid():
     assert clusters.count > 5 and above.sum() > 100
     # the nearest model voxel is a corner of the interpolation cell: its kept label must win
     assert np.array_equal(labels[above & (nearest > 0)], nearest[above & (nearest > 0)])
+    # ... and voxels whose nearest model voxel is below threshold still have their cell's label
+    assert (above & (nearest == 0) & (labels > 0)).sum() > 10
+    # with every component kept, every native voxel above threshold has a label
+    everything = find_clusters(model, 0.7, 0.0, None)
+    assert carry_to_native(everything, model, native).unassigned_voxels == 0
     peak = np.isin(labels, carried.peak_only) & ~above
     assert not ((labels > 0) & ~above & ~peak).any()  # native voxels above threshold only
     assert set(np.unique(labels)) - {0} == set(range(1, clusters.count + 1)) - set(carried.absent)
