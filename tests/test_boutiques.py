@@ -123,7 +123,8 @@ def test_every_input_round_trips_through_simulate_and_parse(tmp_path, descriptor
         "skip_model_checksum": True, "tta": "flip", "thresholds": {"PVS": 0.3, "WMH": 0.25},
         "min_cluster_sizes": {"LAC": 4}, "brain_mask": "shiva", "premasked": True,
         "replace_t1": "t2", "inverse_t2": True, "keep_model_space": True,
-        "fetal_largest_component": True, "work_dir": tmp_path / "work", "nprocs": 3, "omp_nthreads": 2, "mem_gb": 12.0,
+        "fetal_largest_component": True, "work_dir": tmp_path / "work", "nprocs": 3,
+        "omp_nthreads": 2, "mem_gb": 12.0,
         "device": "cpu", "reports_only": True, "stop_on_first_crash": True, "force": True,
         "random_seed": 7, "verbosity": 2,
     }

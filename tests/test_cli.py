@@ -48,7 +48,8 @@ def test_every_flag_parses_into_the_config(tmp_path: Path):
         "--model", f"PVS={tmp_path / 'm.json'}", "--skip-model-checksum", "--tta", "flip",
         "--threshold", "PVS=0.4", "--min-cluster-size", "WMH=3", "--brain-mask", "template",
         "--premasked", "--replace-t1", "t2", "--inverse-t2", "--keep-model-space",
-        "--fetal-largest-component", "-w", str(tmp_path / "work"), "--nprocs", "2", "--omp-nthreads", "1", "--mem", "8G",
+        "--fetal-largest-component", "-w", str(tmp_path / "work"), "--nprocs", "2",
+        "--omp-nthreads", "1", "--mem", "8G",
         "--device", "cpu", "--reports-only", "--stop-on-first-crash", "--force",
         "--random-seed", "7", "-vv", "--notrack",
     ])

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from itertools import product
 
 import numpy as np
+
 from shiva_bids.postprocessing.clusters import Clusters
 from shiva_bids.volume import Volume
 
