@@ -38,6 +38,7 @@ from shiva_bids.markers import MARKERS
 from shiva_bids.postprocessing import find_clusters, min_size_to_mm3
 from shiva_bids.postprocessing.grids import resample_nearest
 from shiva_bids.synthetic import generate_dataset
+from shiva_bids.synthetic.dataset import REFERENCE_DIR
 from shiva_bids.volume import Volume
 
 
@@ -97,20 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     root = args.out or Path(tempfile.mkdtemp(prefix="fidelity-census-"))
-    data = generate_dataset(root / "bids", n_participants=args.participants, seed=5,
-                            loads=["severe", "mild"] * args.participants,
-                            modalities=DEMO_MODALITIES)
+    bids, reference = root / "bids", root / "bids" / REFERENCE_DIR
+    if not (bids / "dataset_description.json").is_file():  # else reuse it (and the work dir)
+        generate_dataset(bids, n_participants=args.participants, seed=5,
+                         loads=(["severe", "mild"] * args.participants)[:args.participants],
+                         modalities=DEMO_MODALITIES)
     out = root / "out"
-    code = cli_main([str(data.root), str(out), "participant", "--models-dir",
-                     str(DEMO_MODELS_DIR), "--derivatives", f"truth={data.reference_root}",
-                     "-w", str(root / "work"), "--skip-bids-validation", "--keep-model-space"])
+    code = cli_main([str(bids), str(out), "participant", "--models-dir", str(DEMO_MODELS_DIR),
+                     "--derivatives", f"truth={reference}", "-w", str(root / "work"),
+                     "--skip-bids-validation", "--keep-model-space"])
     if code != 0:
         print(f"participant level failed with exit code {code}", file=sys.stderr)
         return code
     totals: dict[str, dict] = defaultdict(_empty_totals)
     for summary in sorted(out.rglob("sub-*_summary.json")):
         unit = summary.name.removesuffix("_summary.json")
-        measure_unit(out, data.reference_root, summary.parent / "anat", unit, totals)
+        measure_unit(out, reference, summary.parent / "anat", unit, totals)
     print(f"{len(list(out.rglob('sub-*_summary.json')))} units, demo models, outputs in {out}")
     print("marker | truth | census n / mm3 (model grid) | former native n / mm3 | Dice native / "
           "NN-carried / former | F1 native / NN-carried / former | left-out voxels, "

@@ -104,7 +104,7 @@ def carry_to_native(model: Clusters, model_prob: Volume, native: NativeMap) -> N
     labels[tuple(above.T)] = found
     present = np.bincount(found, minlength=model.count + 1)[1:] > 0
     peak_only, absent = _carry_missing(model, model_prob, labels, mapping,
-                                       [i + 1 for i in np.flatnonzero(~present)])
+                                       [int(i) + 1 for i in np.flatnonzero(~present)])
     return NativeClusters(replace(model, labels=native.prob.with_data(labels)),
                           int((found == 0).sum()), peak_only, absent)
 
