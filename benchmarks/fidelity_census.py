@@ -9,7 +9,8 @@ template registration), then prints per marker, summed over participants:
 
 * clusters and total volume of the census (SHIVA's rule on the 1 mm model grid: what the stats
   now report) and of the former native-grid census (the same rule applied to the native
-  probability map, the minimum size as a volume), with the number of true lesions;
+  probability map, the minimum size as a volume), with the true lesions (26-connected clusters
+  of the truth mask on the native grid) and their volume;
 * voxel Dice and cluster F1 against the truth on the native grid of three native masks: the
   native mask written now (native shape, labels carried from the model grid), the model-grid
   clusters carried by nearest neighbour (SHiVAi's labels on the native grid) and the former
@@ -56,7 +57,8 @@ def measure_unit(out: Path, reference: Path, anat: Path, unit: str, totals: dict
     """Add one unit's numbers to `totals[marker]`."""
     for marker, spec in MARKERS.items():
         stem = anat / f"{unit}_space-{spec.space}"
-        truth_path = next(reference.rglob(f"{unit}_space-*_label-{marker}_mask.nii.gz"), None)
+        truth_path = next(reference.rglob(f"{unit}_space-{spec.space}_label-{marker}_mask.nii.gz"),
+                          None)
         if truth_path is None or not Path(f"{stem}_seg-{marker}_dseg.tsv").is_file():
             continue
         truth = _load(truth_path).data > 0
@@ -71,6 +73,7 @@ def measure_unit(out: Path, reference: Path, anat: Path, unit: str, totals: dict
         sidecar = json.loads(Path(f"{stem}_seg-{marker}_dseg.json").read_text())
         t = totals[marker]
         t["truth lesions"] += int(score_masks(truth, truth).n_reference)
+        t["truth mm3"] += float(truth.sum() * native_prob.voxel_volume)
         t["census n"] += len(rows)
         t["census mm3"] += sum(float(r["volume_mm3"]) for r in rows)
         t["former n"] += former.count
@@ -86,8 +89,8 @@ def measure_unit(out: Path, reference: Path, anat: Path, unit: str, totals: dict
 
 
 def _empty_totals() -> dict:
-    counts = dict.fromkeys(("truth lesions", "census n", "census mm3", "former n", "former mm3",
-                            "left out voxels", "peak only", "absent"), 0)
+    counts = dict.fromkeys(("truth lesions", "truth mm3", "census n", "census mm3", "former n",
+                            "former mm3", "left out voxels", "peak only", "absent"), 0)
     return counts | {f"{mask} {score}": [] for mask in ("native", "nn", "former")
                      for score in ("dice", "f1")}
 
@@ -115,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         unit = summary.name.removesuffix("_summary.json")
         measure_unit(out, reference, summary.parent / "anat", unit, totals)
     print(f"{len(list(out.rglob('sub-*_summary.json')))} units, demo models, outputs in {out}")
-    print("marker | truth | census n / mm3 (model grid) | former native n / mm3 | Dice native / "
-          "NN-carried / former | F1 native / NN-carried / former | left-out voxels, "
-          "peak-only, absent")
+    print("marker | truth n / mm3 | census n / mm3 (model grid) | former native n / mm3 | "
+          "Dice native / NN-carried / former | F1 native / NN-carried / former | left-out "
+          "voxels, peak-only, absent")
     for marker, t in totals.items():
         mean = {k: float(np.mean(v)) for k, v in t.items() if isinstance(v, list)}
-        print(f"{marker} | {t['truth lesions']} | {t['census n']} / {t['census mm3']:.0f} | "
+        print(f"{marker} | {t['truth lesions']} / {t['truth mm3']:.0f} | {t['census n']} / "
+              f"{t['census mm3']:.0f} | "
               f"{t['former n']} / {t['former mm3']:.0f} | {mean['native dice']:.3f} / "
               f"{mean['nn dice']:.3f} / {mean['former dice']:.3f} | {mean['native f1']:.3f} / "
               f"{mean['nn f1']:.3f} / {mean['former f1']:.3f} | {t['left out voxels']}, "
