@@ -223,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "PVS=/models/T1-PVS/model_info.json")
     pipe.add_argument("--skip-model-checksum", "--skip_model_checksum", action="store_true",
                       help="do not verify the md5 of model files (warns; not recommended)")
+    pipe.add_argument("--fetal-largest-component", "--fetal_largest_component",
+                      action="store_true",
+                      help="fetal-cgm: keep only the largest 26-connected component of the BDN "
+                           "brain mask as CGM's region of interest (not in the published dHCP "
+                           "system, which uses the BDN argmax as is)")
     pipe.add_argument("--tta", choices=TTA_MODES, default="none",
                       help="test-time augmentation: flip also predicts the left-right mirrored "
                            "input and averages (twice the inference time); default none, as "
@@ -248,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --replace-t1 t2: invert the normalised T2w inside the brain "
                            "(1 - x), as SHIVA PVS v2 expects")
     prep.add_argument("--keep-model-space", "--keep_model_space", action="store_true",
-                      help="also keep the cropped 1 mm model-space images in the work folder")
+                      help="also write the probability maps, cluster masks and labelled "
+                           "clusters on the 1 mm model grid (res-model files: SHiVAi's own "
+                           "outputs) and keep the preprocessed model-grid images in the work "
+                           "folder")
 
     run = parser.add_argument_group("execution")
     run.add_argument("-w", "--work-dir", "--work_dir", type=Path, default=Path("work"),
@@ -335,6 +343,7 @@ def parse_args(argv: Sequence[str]) -> RunConfig:
         min_cluster_sizes=_key_values(args.min_cluster_size, "--min-cluster-size",
                                       _positive_int, MARKER_NAMES),
         keep_model_space=args.keep_model_space,
+        fetal_largest_component=args.fetal_largest_component,
         reports_only=args.reports_only,
         stop_on_first_crash=args.stop_on_first_crash,
         force=args.force,

@@ -53,7 +53,8 @@ class RunConfig:
     tta: str = "none"
     thresholds: Mapping[str, float] = field(default_factory=lambda: _frozen(None))
     min_cluster_sizes: Mapping[str, int] = field(default_factory=lambda: _frozen(None))
-    keep_model_space: bool = False
+    keep_model_space: bool = False  # also write the model-grid maps (res-model)
+    fetal_largest_component: bool = False  # fetal-cgm: BDN's largest component as CGM's ROI
     reports_only: bool = False
     stop_on_first_crash: bool = False
     force: bool = False

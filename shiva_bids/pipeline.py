@@ -213,34 +213,78 @@ def _versions() -> dict[str, str]:
             "nibabel": nib.__version__, "numpy": np.__version__}
 
 
+def model_grid_regions(unit, space: str, scheme: str, dseg: Volume | None):
+    """The marker's region map on its model grid (the census grid, SHIVA.md §9.2). It is built
+    on the T1w model grid; for the SWI grid of a unit with a T1w it is then moved with the
+    inverse SWI->T1w rigid, nearest neighbour, as SHiVAi moves its parcellation (§7)."""
+    from shiva_bids.postprocessing import build_regions
+    from shiva_bids.postprocessing.regiongrid import move_regions
+    base = "T1w" if "T1w" in unit.spaces else space
+    grid = unit.spaces[base]
+    brain = Volume(grid.brain_mask, grid.affine)
+    regions = build_regions(scheme, brain, dseg=dseg, brain=brain)
+    if base == space:
+        return regions
+    from shiva_bids.preprocessing.registration import apply_rigid
+    target = unit.spaces[space]
+    return move_regions(regions, lambda volume: apply_rigid(
+        volume, target.brain_mask.shape, target.affine, unit.transforms[f"{space}->{base}"],
+        "nearestNeighbor", invert=True))
+
+
+# The `res-` entity and `Resolution` of the model-grid outputs (--keep-model-space).
+MODEL_RES = "model"
+
+
+def _model_resolution(space: str, shape: tuple[int, ...]) -> str:
+    return (f"1 mm isotropic model grid: the {'x'.join(map(str, shape))} crop of the conformed "
+            f"(1 mm, RAS) {space} that the SHIVA models read, SHiVAi's output grid; world "
+            "coordinates are those of the SpatialReference")
+
+
 def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
                   output: EnsembleOutput, provenance: dict, dseg: Volume | None
                   ) -> MarkerSummary:
-    """Native-space maps, clusters, statistics and derivative files of one marker."""
+    """SHIVA's census on the model grid, the native images carrying its cluster labels, the
+    derivative files of one marker (and the model-grid ones with --keep-model-space)."""
     from shiva_bids.postprocessing import (
-        build_regions,
+        NativeMap,
         postprocess_marker,
         stats_by_region,
         write_marker_outputs,
     )
     inputs, spec = plan.inputs, MARKERS[marker]
     space = spec.space
-    prob = unit.to_native(space, output.mean, "linear")
-    spread = unit.to_native(space, output.std, "linear")
-    brain = unit.native_brain_mask(space)
-    regions = build_regions(spec.region_scheme, brain, dseg=dseg, brain=brain)
-    result = postprocess_marker(marker, prob, brain, config.threshold(marker),
-                                config.min_cluster_size(marker), spread, regions)
+    grid = unit.spaces[space]
+    prob = Volume(output.mean, grid.affine)
+    native = NativeMap(unit.to_native(space, output.mean, "linear"), grid.native_to_model)
+    result = postprocess_marker(
+        marker, prob, Volume(grid.brain_mask, grid.affine), config.threshold(marker),
+        config.min_cluster_size(marker), Volume(output.std, grid.affine),
+        model_grid_regions(unit, space, spec.region_scheme, dseg), native,
+        grid_name=f"{space} model grid")
     descriptor = plan.descriptors[marker]
     if marker in plan.choices:  # which release runs and why the others do not
         provenance = {**provenance, "selection": plan.choices[marker].as_json()}
     sources = [_uri(inputs.image(_role(m, config)), config) for m in descriptor.modalities]
+    reference = _uri(_reference_image(inputs, space, config), config)
+    params = {"min_cluster_size": config.min_cluster_size(marker),
+              "demo_models": descriptor.is_demo, "census_grid": result.grid}
     paths = write_marker_outputs(
-        config.output_dir, inputs, marker, prob, None, result.clusters, result.census,
-        result.stats, brain, sources, _uri(_reference_image(inputs, space, config), config),
-        provenance, {"min_cluster_size": config.min_cluster_size(marker),
-                     "demo_models": descriptor.is_demo})
+        config.output_dir, inputs, marker, native.prob, None, result.native.clusters,
+        result.census, result.stats, unit.native_brain_mask(space), sources, reference,
+        provenance, {**params, "native_carry": result.native.sidecar()})
+    if config.keep_model_space:
+        model_paths = write_marker_outputs(
+            config.output_dir, inputs, marker, prob, None, result.clusters, result.census,
+            result.stats, Volume(grid.brain_mask, grid.affine), sources, reference, provenance,
+            {**params, "res": MODEL_RES, "write_stats": False,
+             "resolution": _model_resolution(space, grid.brain_mask.shape)})
+        paths.update({f"{k}_model": v for k, v in model_paths.items() if k != "census"})
     rel = {k: str(v.relative_to(config.output_dir)) for k, v in paths.items()}
+    files = {"probseg": rel["probseg"], "dseg": rel["dseg"], "census": rel["dseg_tsv"],
+             "brainmask": rel["brain_mask"], "mask": rel["mask"], "stats": rel["stats"]}
+    files.update({k: v for k, v in rel.items() if k.endswith("_model")})
     return MarkerSummary(
         marker=marker, status="done", space=space, threshold=config.threshold(marker),
         min_cluster_size_mm3=float(config.min_cluster_size(marker)),
@@ -248,9 +292,7 @@ def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
         total_volume_mm3=float(sum(result.census.column("volume_mm3"))),
         regions=stats_by_region(result.stats),
         region_source=result.stats.metadata.get("RegionSource", "none"),
-        model=provenance,
-        files={"probseg": rel["probseg"], "dseg": rel["dseg"], "census": rel["dseg_tsv"],
-               "brainmask": rel["brain_mask"], "mask": rel["mask"], "stats": rel["stats"]})
+        model=provenance, files=files)
 
 
 def _role(modality: str, config: RunConfig) -> str:

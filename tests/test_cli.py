@@ -48,7 +48,8 @@ def test_every_flag_parses_into_the_config(tmp_path: Path):
         "--model", f"PVS={tmp_path / 'm.json'}", "--skip-model-checksum", "--tta", "flip",
         "--threshold", "PVS=0.4", "--min-cluster-size", "WMH=3", "--brain-mask", "template",
         "--premasked", "--replace-t1", "t2", "--inverse-t2", "--keep-model-space",
-        "-w", str(tmp_path / "work"), "--nprocs", "2", "--omp-nthreads", "1", "--mem", "8G",
+        "--fetal-largest-component", "-w", str(tmp_path / "work"), "--nprocs", "2",
+        "--omp-nthreads", "1", "--mem", "8G",
         "--device", "cpu", "--reports-only", "--stop-on-first-crash", "--force",
         "--random-seed", "7", "-vv", "--notrack",
     ])
@@ -65,6 +66,7 @@ def test_every_flag_parses_into_the_config(tmp_path: Path):
     assert config.threshold("PVS") == 0.4 and config.threshold("WMH") == 0.2
     assert config.min_cluster_size("WMH") == 3 and config.min_cluster_size("PVS") == 5
     assert config.replace_t1 == "t2" and config.inverse_t2 and config.keep_model_space
+    assert config.fetal_largest_component
     assert config.work_dir == tmp_path / "work"
     assert (config.nprocs, config.omp_nthreads, config.mem_gb) == (2, 1, 8.0)
     assert config.inference_threads == 2  # inference runs alone: the whole --nprocs budget

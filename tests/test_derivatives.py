@@ -129,6 +129,17 @@ def write_every_output_kind(raw: Path, out: Path) -> list[Path]:
                                                         space=spec.space, seg=marker)
         atomic_write_text(stats, "region\tcount\nall\t1\n")
         written += [prob, mask, dseg, stats]
+        grid = {"space": spec.space, "res": "model"}  # --keep-model-space copies
+        model = {**common, "Resolution": "1 mm model grid"}
+        written.append(_image(derivative_path(out, SOURCE, "probseg", label=marker, **grid)))
+        written.append(_image(derivative_path(out, SOURCE, "mask", label=marker, **grid),
+                              np.uint8))
+        written.append(_image(derivative_path(out, SOURCE, "dseg", seg=marker, **grid),
+                              np.int16))
+        for image in written[-3:]:
+            write_sidecar(image, model)
+        atomic_write_text(derivative_path(out, SOURCE, "dseg", ".tsv", seg=marker, **grid),
+                          f"index\tname\n1\t{marker}001\n")
     brain = _image(derivative_path(out, SOURCE, "mask", space="T1w", desc="brain"), np.uint8)
     write_sidecar(brain, {"Type": "Brain", "SpatialReference": t1w, "Sources": [t1w]})
     for moving in ("FLAIR", "SWI"):
@@ -154,7 +165,7 @@ def raw_dataset(tmp_path_factory) -> Path:
 def test_every_output_kind_passes_the_official_validator(raw_dataset, tmp_path, deno_cache):
     out = tmp_path / "shiva"
     written = write_every_output_kind(raw_dataset, out)
-    assert len(written) == 19 and all(p.is_file() for p in written)
+    assert len(written) == 31 and all(p.is_file() for p in written)
     report = validate_dataset(out, cache_dir=deno_cache)
     assert report.errors == (), report.summary()
     assert report.ok and "no BIDS errors" in report.summary()

@@ -80,7 +80,7 @@ def participant_args(root: Path, bids: Path, models: Path, *extra: str) -> list[
 def first_run(world):
     root, bids, models = world
     before = tree_digest(bids)
-    code = main(participant_args(root, bids, models))
+    code = main(participant_args(root, bids, models, "--keep-model-space"))
     return root, bids, models, code, before
 
 
@@ -124,6 +124,55 @@ def test_participant_level_outputs_and_exit_code(first_run):
     from shiva_bids.bids.validation import validate_dataset
     report = validate_dataset(out)
     assert report.ok, report.summary()
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def _shiva_census(prob: np.ndarray, brain: np.ndarray, threshold: float, min_size: int):
+    """SHIVA.md §8 written out with scipy: > threshold, 26-connected, >= min_size voxels,
+    <= 25 % outside the brain, in order of first voxel."""
+    from scipy import ndimage
+    labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    outside = np.bincount(labels.ravel(), weights=brain.ravel() == 0, minlength=n + 1)
+    keep = [i for i in range(1, n + 1) if sizes[i] >= min_size and outside[i] <= sizes[i] / 4]
+    return [int(sizes[i]) for i in keep]
+
+
+def test_census_on_the_model_grid_and_native_labels_correspond(first_run):
+    root, _, _, _, _ = first_run
+    unit = "sub-01_ses-01"
+    anat = root / "out" / "sub-01" / "ses-01" / "anat"
+    record = summary(root / "out", unit)
+    defaults = {"PVS": (0.5, 5), "WMH": (0.2, 1), "CMB": (0.5, 1), "LAC": (0.2, 3)}
+    for marker, (threshold, min_size) in defaults.items():
+        space = "SWI" if marker == "CMB" else "T1w"
+        stem = anat / f"{unit}_space-{space}"
+        rows = _read_tsv(Path(f"{stem}_seg-{marker}_dseg.tsv"))
+        model_prob = nib.load(f"{stem}_res-model_label-{marker}_probseg.nii.gz")
+        model = np.asarray(nib.load(f"{stem}_seg-{marker}_res-model_dseg.nii.gz").dataobj)
+        brain = np.asarray(nib.load(f"{stem}_res-model_desc-brain_mask.nii.gz").dataobj)
+        native = np.asarray(nib.load(f"{stem}_seg-{marker}_dseg.nii.gz").dataobj)
+        assert model.shape == GRID and np.allclose(model_prob.header.get_zooms(), 1.0)
+        counts = [int(r["voxel_count"]) for r in rows]
+        # the census is SHIVA's, on the model grid ...
+        assert counts == _shiva_census(model_prob.get_fdata(), brain, threshold, min_size)
+        assert counts == np.bincount(model.ravel(), minlength=len(rows) + 1)[1:].tolist()
+        # ... and each native cluster carries the label of its census row
+        sidecar = json.loads(Path(f"{stem}_seg-{marker}_dseg.json").read_text())
+        assert set(np.unique(native)) - {0} == \
+            {int(r["index"]) for r in rows} - set(sidecar["ClustersWithoutNativeVoxel"])
+        assert [int(r["native_voxel_count"]) for r in rows] == \
+            np.bincount(native.ravel(), minlength=len(rows) + 1)[1:].tolist()
+        assert sidecar["CensusGrid"]["Name"] == f"{space} model grid"
+        stats = _read_tsv(Path(f"{stem}_seg-{marker}_stats.tsv"))
+        assert float(stats[0]["total_volume_mm3"]) == pytest.approx(sum(counts))
+        assert record["markers"][marker]["n_clusters"] == len(rows)
+        model_sidecar = json.loads(Path(f"{stem}_seg-{marker}_res-model_dseg.json").read_text())
+        assert "1 mm isotropic model grid" in model_sidecar["Resolution"]
 
 
 def test_group_level_gathers_every_unit(first_run):

@@ -88,6 +88,16 @@ def reference_assembly(volume, roi):
     return probs
 
 
+def test_axes_of_29_to_44_voxels_are_padded_by_8_without_extra():
+    assert pad_widths((29, 44, 28)) == [(8, 8), (8, 8), (8, 9)]
+    rng = np.random.default_rng(4)
+    volume = zscore(rng.normal(size=(29, 44, 45)))
+    result = segment_volume(volume, fake_predict, None, batch_size=5)
+    np.testing.assert_allclose(result.probabilities, reference_assembly(volume, None),
+                               atol=1e-6)
+    assert result.tiles_total == 1 * 2 * 2  # padded 45, 60, 61
+
+
 @pytest.mark.parametrize("with_roi", [False, True])
 def test_tiling_matches_reference_assembly(with_roi):
     rng = np.random.default_rng(3)

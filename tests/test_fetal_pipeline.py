@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow")
 
 from shiva_bids.cli import main  # noqa: E402
 from shiva_bids.errors import BadInputError  # noqa: E402
-from shiva_bids.fetal.pipeline import fetal_group_rows, largest_component, load_t2w  # noqa: E402
+from shiva_bids.fetal.pipeline import fetal_group_rows, load_t2w, segment_fetal  # noqa: E402
 from shiva_bids.fetal.synthetic import random_weights, write_checkpoint  # noqa: E402
 
 AFFINE = np.diag([0.8, 0.8, 0.8, 1.0])
@@ -70,7 +70,6 @@ def test_end_to_end_cli(dataset, models, tmp_path):
     assert brain.shape == prob.shape == cgm.shape == (45, 47, 45)
     np.testing.assert_allclose(brain_img.affine, AFFINE)
     assert brain.any()
-    np.testing.assert_array_equal(largest_component(brain), brain)  # one component
     assert not prob[brain == 0].any() and not cgm[brain == 0].any()  # ROI masking
     np.testing.assert_array_equal(cgm[brain == 1], prob[brain == 1] > 0.5)
     assert not list(anat.glob("*rec-stack*"))  # the filter file excluded the stack
@@ -81,6 +80,7 @@ def test_end_to_end_cli(dataset, models, tmp_path):
     assert len(sidecar["Model"]["DataFileMD5"]) == 32
     report = (out / "sub-01_ses-1_rec-SVR_desc-fetal_report.html").read_text()
     assert "data:image/png;base64," in report and "CGM volume" in report
+    assert "BDN argmax (as published)" in report
 
     assert main([str(dataset), str(out), "group", "--pipeline", "fetal-cgm"]) == 0
     rows = fetal_group_rows(out)
@@ -97,29 +97,66 @@ def test_end_to_end_cli(dataset, models, tmp_path):
         assert not [i for i in issues if i["severity"] == "error"], issues
 
 
-def test_bad_t2w_inputs(tmp_path):
+def test_t2w_loading_as_published(tmp_path, caplog):
     four_d = tmp_path / "sub-01_T2w.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((50, 50, 50, 3), np.float32), AFFINE), four_d)
-    with pytest.raises(BadInputError,
-                       match=r"a 3-D T2w is needed, the image has shape \(50, 50, 50, 3\)"):
-        load_t2w(four_d)
-    small = tmp_path / "sub-02_T2w.nii.gz"
-    nib.save(nib.Nifti1Image(_fetal_t2w((60, 60, 30)), AFFINE), small)
-    with pytest.raises(BadInputError, match="smaller than one 45\\^3 DeepMedic segment"):
+    volumes = np.stack([_fetal_t2w((45, 47, 45)) + 1000 * k for k in range(3)], axis=-1)
+    nib.save(nib.Nifti1Image(volumes, AFFINE), four_d)
+    loaded = load_t2w(four_d)  # the first volume, as the dHCP normalisation script
+    np.testing.assert_array_equal(loaded.volume.data, volumes[..., 0])
+    assert loaded.warnings == ("sub-01_T2w.nii.gz: 4-D image with 3 volumes; the first is "
+                               "segmented (as the dHCP normalisation script does)",)
+    assert loaded.warnings[0] in caplog.text
+    thin = tmp_path / "sub-02_T2w.nii.gz"  # 29-44 voxels: padded as DeepMedic pads them
+    nib.save(nib.Nifti1Image(_fetal_t2w((60, 44, 29)), AFFINE), thin)
+    assert load_t2w(thin).volume.shape == (60, 44, 29) and load_t2w(thin).warnings == ()
+    small = tmp_path / "sub-03_T2w.nii.gz"
+    nib.save(nib.Nifti1Image(_fetal_t2w((60, 60, 28)), AFFINE), small)
+    with pytest.raises(BadInputError, match="fewer than 29 voxels"):
         load_t2w(small)
+    five_d = tmp_path / "sub-04_T2w.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((50, 50, 50, 2, 2), np.float32), AFFINE), five_d)
+    with pytest.raises(BadInputError, match=r"a 3-D T2w is needed, the image has shape"):
+        load_t2w(five_d)
+
+
+def _threshold_net(normal, sub3, sub5):
+    """A stand-in network: class 1 where the centre of the segment's input is > 0."""
+    p1 = (normal[:, 8:37, 8:37, 8:37, 0] > 0).astype(np.float32)
+    return np.stack([1 - p1, p1], axis=-1)
+
+
+def _everything_net(normal, sub3, sub5):
+    """A stand-in CGM: class 1 everywhere (the result is then its ROI)."""
+    ones = np.ones(normal[:, 8:37, 8:37, 8:37, 0].shape, np.float32)
+    return np.stack([0 * ones, ones], axis=-1)
+
+
+def test_bdn_argmax_is_cgms_roi_unless_the_component_filter_is_asked():
+    t2w = np.zeros((50, 46, 45), np.float32)
+    t2w[5:20, 5:20, 5:20] = 10.0  # the larger bright blob
+    t2w[30:36, 30:36, 30:36] = 10.0  # a second, separate one
+    published = segment_fetal(t2w, _threshold_net, _everything_net, 5)
+    both = t2w > 0
+    np.testing.assert_array_equal(published.brain, both)  # the plain argmax, two components
+    np.testing.assert_array_equal(published.cgm, both)  # ... is CGM's ROI
+    filtered = segment_fetal(t2w, _threshold_net, _everything_net, 5, largest=True)
+    larger = np.zeros_like(both)
+    larger[5:20, 5:20, 5:20] = True
+    np.testing.assert_array_equal(filtered.brain, larger)
+    np.testing.assert_array_equal(filtered.cgm, larger)
 
 
 def test_cli_reports_bad_input_with_one_line(dataset, models, tmp_path, capsys):
     anat = dataset / "sub-01" / "ses-1" / "anat"
     for f in anat.glob("*.nii.gz"):
         f.unlink()
-    nib.save(nib.Nifti1Image(np.ones((50, 50, 50, 2), np.float32), AFFINE),
-             anat / "sub-01_ses-1_T2w.nii.gz")
+    nib.save(nib.Nifti1Image(_fetal_t2w((50, 50, 20)), AFFINE), anat / "sub-01_ses-1_T2w.nii.gz")
     out = tmp_path / "out"
     code = main([str(dataset), str(out), "participant", "--pipeline", "fetal-cgm",
                  "--models-dir", str(models)])
     assert code == 65
-    assert "sub-01_ses-1_T2w.nii.gz: a 3-D T2w is needed" in capsys.readouterr().err
+    assert "sub-01_ses-1_T2w.nii.gz: shape (50, 50, 20) has fewer than 29 voxels" in \
+        capsys.readouterr().err
     assert (out / "logs" / "crash-sub-01_ses-1.txt").is_file()
 
 

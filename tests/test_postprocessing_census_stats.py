@@ -98,8 +98,11 @@ def test_whole_brain_only_when_no_region_source():
     regions = build_regions("pvs", prob)
     result = postprocess_marker("PVS", prob, brain, 0.5, 1, spread, regions)
     assert result.stats.column("region") == ["Whole brain"]
-    assert result.stats.metadata == {"RegionSource": "none", "RegionScheme": "pvs",
-                                     "WholeBrainOnly": True, "UnassignedClusters": None}
+    assert result.stats.metadata == {
+        "RegionSource": "none", "RegionScheme": "pvs", "WholeBrainOnly": True,
+        "UnassignedClusters": None,
+        "CensusGrid": {"Name": "probability map", "Shape": [20, 20, 10],
+                       "VoxelSize": [0.5, 0.5, 2.0], "VoxelVolume": 0.5, "Units": "mm"}}
     assert result.brain_volume_mm3 == pytest.approx(20 * 20 * 10 * 0.5)
     assert result.census.column("region") == [None, None]
 

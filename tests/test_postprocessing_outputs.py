@@ -57,11 +57,15 @@ def _write_unit(out: Path, bids: Path):
                                 dseg_source=f"bids:fs:{SEG_PATH}")
         result = postprocess_marker(marker, probability, brain, 0.5, 1,
                                     prob.with_data(prob.data / 10), regions)
-        paths[marker] = write_marker_outputs(
+        write = lambda params: write_marker_outputs(  # noqa: E731
             out, inputs, marker, probability, None, result.clusters, result.census, result.stats,
             brain, [f"bids:raw:{raw}"], f"bids:raw:{raw}",
             {"name": "demo-" + marker, "checksums": {"fold0": "abc"}, "demo": True},
-            {"min_cluster_size": 1})
+            {"min_cluster_size": 1, "census_grid": result.grid, **params})
+        paths[marker] = write({})
+        if marker == "PVS":  # the --keep-model-space copy (here on the same grid)
+            paths["PVS model"] = write({"res": "model", "resolution": "1 mm model grid",
+                                        "write_stats": False})
     return paths
 
 
@@ -99,6 +103,11 @@ def test_files_names_and_dtypes(unit):
     empty = paths["LAC"]  # a marker without clusters: header-only census, zero stats
     assert empty["dseg_tsv"].read_text().count("\n") == 1
     assert "LAC\tWhole brain\t-1\t0\t0.0\t" in empty["stats"].read_text()
+    model = paths["PVS model"]
+    assert model["probseg"].name == "sub-01_ses-1_space-T1w_res-model_label-PVS_probseg.nii.gz"
+    assert model["dseg"].name == "sub-01_ses-1_space-T1w_seg-PVS_res-model_dseg.nii.gz"
+    assert model["dseg_tsv"].read_text() == pvs["dseg_tsv"].read_text()
+    assert "stats" not in model and len(list(anat.glob("*_stats.tsv"))) == 3
 
 
 def test_sidecars(unit):
@@ -123,7 +132,12 @@ def test_sidecars(unit):
     stats = json.loads(paths["PVS"]["stats_json"].read_text())
     assert stats["WholeBrainOnly"] is False and stats["Marker"] == "PVS"
     brain = json.loads(deriv.sidecar_path(paths["PVS"]["brain_mask"]).read_text())
-    assert brain["Type"] == "Brain"
+    assert brain["Type"] == "Brain" and "Resolution" not in brain
+    assert stats["CensusGrid"]["Shape"] == [24, 24, 20] and dseg["CensusGrid"] == \
+        stats["CensusGrid"]
+    for kind in ("probseg", "mask", "dseg", "brain_mask"):
+        model = json.loads(deriv.sidecar_path(paths["PVS model"][kind]).read_text())
+        assert model["Resolution"] == "1 mm model grid"
 
 
 def test_outputs_are_byte_identical_on_rerun(unit, tmp_path):

@@ -1,10 +1,15 @@
 """The dHCP two-stage fetal pipeline: brain (BDN) then cortical grey matter (CGM) on T2w.
 
-reference/FETAL_DEEPMEDIC.md §1: z-score the whole T2w, run BDN on the whole volume, keep its
-largest connected component as the brain mask, run CGM on the same normalised volume with that
-mask as DeepMedic's ROI. Outputs, in the T2w's own grid (no reorientation, §5.1):
+reference/FETAL_DEEPMEDIC.md §1, exactly as published by default: z-score the whole T2w (of a
+4-D file, its first volume, as the dHCP normalisation script, §5.1), run BDN on the whole
+volume, take its argmax as the brain mask and run CGM on the same normalised volume with that
+mask as DeepMedic's ROI (the dHCP README feeds the BDN segmentation itself to CGM; neither
+DeepMedic v0.7.0 nor the dHCP repository has connected-component code). With
+`--fetal-largest-component` (a deviation, docs/fetal.md) only the largest 26-connected
+component of the BDN mask becomes the ROI. Outputs, in the T2w's own grid (no reorientation,
+§5.1):
 
-* `<source>_space-T2w_desc-brain_mask.nii.gz` (BDN, largest component);
+* `<source>_space-T2w_desc-brain_mask.nii.gz` (BDN argmax: CGM's ROI);
 * `<source>_space-T2w_label-CGM_probseg.nii.gz` (CGM class-1 probability, 0 outside the mask);
 * `<source>_space-T2w_label-CGM_mask.nii.gz` (CGM argmax);
 * their JSON sidecars (sources, spatial reference, checkpoint names and md5 of the data
@@ -36,7 +41,7 @@ from shiva_bids.errors import (BadInputError, ExitCode, MissingInputError,
 from shiva_bids.fetal import checkpoint as ckpt
 from shiva_bids.fetal.inference import (Predictor, Segmentation, batch_size_for_memory,
                                         segment_volume, set_threads, zscore)
-from shiva_bids.fetal.network import SEGMENT
+from shiva_bids.fetal.network import OUTPUT
 from shiva_bids.fetal.report import FetalReport, write_report
 from shiva_bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
 from shiva_bids.log import add_file_log, remove_file_log
@@ -82,6 +87,14 @@ class FetalUnit:
     @property
     def unit_id(self) -> str:
         return bd.derivative_name(self.entities, "T2w", "").removesuffix("_T2w")
+
+
+@dataclass(frozen=True)
+class LoadedT2w:
+    """The T2w volume to segment and the warnings its loading raised."""
+
+    volume: Volume
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,32 +155,45 @@ def find_t2w(config: RunConfig) -> tuple[list[FetalUnit], list[str]]:
     return units, missing
 
 
-def load_t2w(path: Path) -> Volume:
-    """The T2w as stored (no reorientation), checked: 3-D, finite, at least one segment."""
+def load_t2w(path: Path) -> LoadedT2w:
+    """The T2w as stored (no reorientation), checked: 3-D (a 4-D file gives its first volume,
+    with a warning, as the dHCP `normalise_t2w_images.py`: FETAL_DEEPMEDIC.md §5.1), finite,
+    not constant, at least 29 voxels (one DeepMedic output block) along every axis. Axes of
+    29-44 voxels are padded as DeepMedic pads them (`inference.pad_widths`, §5.2)."""
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises several types for corrupt files
         raise BadInputError(f"{path}: cannot read the image ({exc})") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
+    warnings: list[str] = []
+    if data.ndim == 4:
+        if data.shape[3] > 1:
+            warnings.append(f"{path.name}: 4-D image with {data.shape[3]} volumes; the first "
+                            "is segmented (as the dHCP normalisation script does)")
+            log.warning(warnings[-1])
         data = data[..., 0]
     if data.ndim != 3:
         raise BadInputError(f"{path}: a 3-D T2w is needed, the image has shape {data.shape}")
-    if min(data.shape) < SEGMENT:
-        raise BadInputError(f"{path}: shape {data.shape} is smaller than one {SEGMENT}^3 "
-                            "DeepMedic segment; a reconstructed 3-D volume is expected")
+    if min(data.shape) < OUTPUT:
+        raise BadInputError(f"{path}: shape {data.shape} has fewer than {OUTPUT} voxels (one "
+                            "DeepMedic output block) along an axis; a reconstructed 3-D volume "
+                            "is expected")
     data = np.asarray(data, dtype=np.float64)
     if not np.isfinite(data).all() or data.std() == 0:
         raise BadInputError(f"{path}: the image is constant or holds NaN/inf values")
-    return Volume(data, np.asarray(img.affine, dtype=float))
+    return LoadedT2w(Volume(data, np.asarray(img.affine, dtype=float)), tuple(warnings))
 
 
-def segment_fetal(t2w: np.ndarray, bdn: Predictor, cgm: Predictor,
-                  batch_size: int) -> FetalResult:
-    """Both stages on one T2w array: z-score, BDN (no ROI), largest component, CGM in it."""
+def segment_fetal(t2w: np.ndarray, bdn: Predictor, cgm: Predictor, batch_size: int,
+                  largest: bool = False) -> FetalResult:
+    """Both stages on one T2w array: z-score, BDN (no ROI), its argmax as CGM's ROI (with
+    `largest`, only its largest 26-connected component: not in the published system)."""
     normalised = zscore(t2w)
     brain_run: Segmentation = segment_volume(normalised, bdn, None, batch_size, "BDN")
-    brain = largest_component(brain_run.labels == 1).astype(np.uint8)
+    brain = brain_run.labels == 1
+    if largest:
+        brain = largest_component(brain)
+    brain = brain.astype(np.uint8)
     cgm_run = segment_volume(normalised, cgm, brain, batch_size, "CGM")
     return FetalResult(brain, cgm_run.probabilities[..., 1].astype(np.float32),
                        (cgm_run.labels == 1).astype(np.uint8),
@@ -204,10 +230,10 @@ def _save(volume: Volume, data: np.ndarray, dtype, path: Path, fields: dict) -> 
     return path
 
 
-def write_outputs(config: RunConfig, unit: FetalUnit, t2w: Volume, result: FetalResult,
+def write_outputs(config: RunConfig, unit: FetalUnit, loaded: LoadedT2w, result: FetalResult,
                   models: dict[str, FetalModel]) -> dict[str, Any]:
     """Write images, sidecars, the report and (last) the stats record; returns the stats."""
-    out = config.output_dir
+    out, t2w = config.output_dir, loaded.volume
     source_uri = bd.bids_uri(unit.t2w, config.bids_dir, "raw")
     orientation = "".join(nib.aff2axcodes(t2w.affine))
     common = {"SpatialReference": source_uri, "InputOrientation": orientation}
@@ -219,7 +245,9 @@ def write_outputs(config: RunConfig, unit: FetalUnit, t2w: Volume, result: Fetal
     brain_uri = bd.bids_uri(paths["brain"], out)
     _save(t2w, result.brain, np.uint8, paths["brain"], {
         **common, "Type": "Brain", "Sources": [source_uri], "Model": models["bdn"].provenance,
-        "Description": "dHCP BDN brain mask (argmax), largest 26-connected component"})
+        "Description": "dHCP BDN brain mask (argmax), CGM's ROI" + (
+            "; only its largest 26-connected component (--fetal-largest-component, not in "
+            "the published system)" if config.fetal_largest_component else "")})
     cgm_fields = {**common, "Sources": [source_uri, brain_uri],
                   "Model": models["cgm"].provenance}
     _save(t2w, result.cgm_probability, np.float32, paths["probseg"], {
@@ -235,6 +263,8 @@ def write_outputs(config: RunConfig, unit: FetalUnit, t2w: Volume, result: Fetal
              "brain_volume_mm3": round(float(result.brain.sum()) * voxel, 3),
              "cgm_volume_mm3": round(float(result.cgm.sum()) * voxel, 3),
              "segments_bdn": result.bdn_tiles, "segments_cgm": result.cgm_tiles,
+             "brain_largest_component": config.fetal_largest_component,
+             "warnings": list(loaded.warnings),
              "models": {name: m.provenance for name, m in models.items()}}
     facts = {"T2w": unit.t2w.name, "shape": "x".join(map(str, t2w.shape)),
              "orientation (stored axes)": orientation,
@@ -243,6 +273,9 @@ def write_outputs(config: RunConfig, unit: FetalUnit, t2w: Volume, result: Fetal
              "brain volume (mL)": f"{stats['brain_volume_mm3'] / 1000:.2f}",
              "CGM volume (mL)": f"{stats['cgm_volume_mm3'] / 1000:.2f}",
              "segments run (BDN, CGM)": f"{result.bdn_tiles}, {result.cgm_tiles}",
+             "brain mask": "BDN largest component (deviation)"
+             if config.fetal_largest_component else "BDN argmax (as published)",
+             **({"warnings": "; ".join(loaded.warnings)} if loaded.warnings else {}),
              **{f"{n.upper()} data md5": m.data_md5 for n, m in models.items()}}
     write_report(out / f"{unit.unit_id}_desc-fetal_report.html",
                  FetalReport(f"{unit.unit_id}: fetal cortical grey matter", t2w.data,
@@ -289,7 +322,8 @@ def run_fetal_participant(config: RunConfig) -> ExitCode:
         handler = add_file_log(config.logs_dir / f"{unit.unit_id}_fetal.log")
         try:
             t2w = load_t2w(unit.t2w)
-            result = segment_fetal(t2w.data, nets["bdn"], nets["cgm"], batch)
+            result = segment_fetal(t2w.volume.data, nets["bdn"], nets["cgm"], batch,
+                                   config.fetal_largest_component)
             stats = write_outputs(config, unit, t2w, result, models)
             log.info("%s: brain %.1f mL, CGM %.1f mL", unit.unit_id,
                      stats["brain_volume_mm3"] / 1000, stats["cgm_volume_mm3"] / 1000)

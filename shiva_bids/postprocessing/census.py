@@ -1,9 +1,13 @@
 """Cluster census: one row per cluster (the `seg-<M>_dseg.tsv` look-up table).
 
 SHiVAi's census (reference/SHIVA.md §10) has the label, the size in voxels and the region;
-shiva-bids adds the volume in mm^3 (native voxel volume), the centroid in world RAS mm, the
-maximum and mean ensemble probability, the across-fold spread (standard deviation between
-ensemble members, averaged over and maximal within the cluster) and the region label.
+shiva-bids adds the volume in mm^3, the centroid in world RAS mm, the maximum and mean ensemble
+probability, the across-fold spread (standard deviation between ensemble members, averaged
+over and maximal within the cluster) and the region label. Every one of these is measured on
+the **census grid**, the grid the clusters were found on: in the pipeline the 1 mm model grid,
+as SHiVAi measures (`CensusGrid` in the sidecars says which). When the clusters were carried
+onto the native grid (`native.carry_to_native`), `native_voxel_count` and `native_volume_mm3`
+say how many voxels each has in the native dseg image.
 `index` and `name` are the BIDS SegmentationLookup columns (BIDS_APPS.md §2.4).
 """
 from __future__ import annotations
@@ -12,30 +16,40 @@ import numpy as np
 from scipy import ndimage
 
 from shiva_bids.postprocessing.clusters import Clusters
+from shiva_bids.postprocessing.native import NativeClusters
 from shiva_bids.postprocessing.regions import RegionMap, assign_regions
 from shiva_bids.postprocessing.table import Table, make_table
 from shiva_bids.volume import Volume
 
+_GRID = "census grid (see CensusGrid)"
 CENSUS_COLUMNS: dict[str, dict[str, str]] = {
     "index": {"Description": "Cluster label in the dseg image (1..N)"},
     "name": {"Description": "Cluster name: marker and zero-padded index"},
-    "voxel_count": {"Description": "Number of voxels of the cluster (native grid)"},
-    "volume_mm3": {"Description": "Cluster volume: voxel count x native voxel volume",
+    "voxel_count": {"Description": f"Number of voxels of the cluster on the {_GRID}"},
+    "volume_mm3": {"Description": f"Cluster volume: voxel count x voxel volume of the {_GRID}",
                    "Units": "mm^3"},
-    "centroid_x": {"Description": "Centroid, world x (RAS, scanner)", "Units": "mm"},
-    "centroid_y": {"Description": "Centroid, world y (RAS, scanner)", "Units": "mm"},
-    "centroid_z": {"Description": "Centroid, world z (RAS, scanner)", "Units": "mm"},
-    "prob_max": {"Description": "Maximum ensemble-mean probability in the cluster"},
-    "prob_mean": {"Description": "Mean ensemble-mean probability in the cluster"},
+    "native_voxel_count": {"Description": "Number of voxels with this label in the native-grid "
+                                          "dseg image (see NativeLabelRule)"},
+    "native_volume_mm3": {"Description": "native_voxel_count x native voxel volume",
+                          "Units": "mm^3"},
+    "centroid_x": {"Description": f"Centroid on the {_GRID}, world x (RAS, scanner)",
+                   "Units": "mm"},
+    "centroid_y": {"Description": f"Centroid on the {_GRID}, world y (RAS, scanner)",
+                   "Units": "mm"},
+    "centroid_z": {"Description": f"Centroid on the {_GRID}, world z (RAS, scanner)",
+                   "Units": "mm"},
+    "prob_max": {"Description": f"Maximum ensemble-mean probability in the cluster ({_GRID})"},
+    "prob_mean": {"Description": f"Mean ensemble-mean probability in the cluster ({_GRID})"},
     "fold_std_mean": {"Description": "Across-fold standard deviation of the probability, "
-                                     "mean over the cluster (n/a: single model)"},
+                                     f"mean over the cluster ({_GRID}; n/a: single model)"},
     "fold_std_max": {"Description": "Across-fold standard deviation of the probability, "
-                                    "maximum in the cluster (n/a: single model)"},
-    "region": {"Description": "Region of the cluster (winner-takes-all, ties to the lowest "
-                              "label; n/a when no region map)"},
+                                    f"maximum in the cluster ({_GRID}; n/a: single model)"},
+    "region": {"Description": f"Region of the cluster on the {_GRID} (winner-takes-all, ties "
+                              "to the lowest label; n/a when no region map)"},
     "region_label": {"Description": "Label of that region in the marker's region scheme "
                                     "(0: none)"},
 }
+NATIVE_COLUMNS = ("native_voxel_count", "native_volume_mm3")
 _DECIMALS = 4
 
 
@@ -52,9 +66,19 @@ def _per_cluster_mean_max(values: np.ndarray, labels: np.ndarray, count: int,
     return sums / np.maximum(counts, 1), np.asarray(maxima, dtype=float)
 
 
+def grid_description(volume: Volume, name: str) -> dict[str, object]:
+    """`CensusGrid` of the sidecars: which grid the census numbers were measured on."""
+    return {"Name": name, "Shape": [int(n) for n in volume.shape[:3]],
+            "VoxelSize": [round(float(z), 4) for z in volume.zooms],
+            "VoxelVolume": round(volume.voxel_volume, 6), "Units": "mm"}
+
+
 def cluster_census(clusters: Clusters, prob: Volume, spread: Volume | None,
-                   regions: RegionMap | None, marker: str) -> Table:
-    """One row per cluster of `clusters` (columns: CENSUS_COLUMNS)."""
+                   regions: RegionMap | None, marker: str,
+                   native: NativeClusters | None = None) -> Table:
+    """One row per cluster of `clusters`, measured on their grid (that of `prob`, `spread` and
+    `regions`); with `native`, also each cluster's size in the native dseg image (columns:
+    CENSUS_COLUMNS, the native ones only with `native`)."""
     count = clusters.count
     labels = clusters.labels.data
     inside = labels > 0
@@ -92,4 +116,10 @@ def cluster_census(clusters: Clusters, prob: Volume, spread: Volume | None,
             else regions.name(int(region_labels[i])),
             "region_label": int(region_labels[i]),
         })
-    return make_table(rows, CENSUS_COLUMNS)
+    if native is not None:
+        native_voxel = native.clusters.labels.voxel_volume
+        for row, n in zip(rows, native.voxel_counts.tolist()):
+            row.update(native_voxel_count=int(n),
+                       native_volume_mm3=round(n * native_voxel, _DECIMALS))
+    columns = [c for c in CENSUS_COLUMNS if native is not None or c not in NATIVE_COLUMNS]
+    return make_table(rows, CENSUS_COLUMNS, columns)

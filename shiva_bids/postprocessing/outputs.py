@@ -1,12 +1,14 @@
-"""Native-space BIDS-Derivatives of one marker for one unit (BIDS_APPS.md §2.8).
+"""BIDS-Derivatives of one marker for one unit (BIDS_APPS.md §2.8).
 
-Files (S = the marker's space, T1w or SWI; M = the marker):
+Files (S = the marker's space, T1w or SWI; M = the marker), on the native grid of the reference
+image, or with `res-model` on the 1 mm model grid (`--keep-model-space`, SHiVAi's own outputs):
 
-* `space-S_label-M_probseg.nii.gz`: float32 ensemble-mean probability in [0, 1];
-* `space-S_label-M_mask.nii.gz`: uint8 binary mask of the kept clusters;
-* `space-S_seg-M_dseg.nii.gz` + `_dseg.tsv`: clusters labelled 1..N and the census;
-* `space-S_desc-brain_mask.nii.gz`: the brain mask used by the outside-brain filter;
-* `space-S_seg-M_stats.tsv` + `.json`: statistics per region (not BIDS: `.bidsignore`).
+* `space-S[_res-model]_label-M_probseg.nii.gz`: float32 ensemble-mean probability in [0, 1];
+* `space-S[_res-model]_label-M_mask.nii.gz`: uint8 binary mask of the kept clusters;
+* `space-S_seg-M[_res-model]_dseg.nii.gz` + `_dseg.tsv`: clusters labelled 1..N and the census
+  (the same labels on both grids: the census rows);
+* `space-S[_res-model]_desc-brain_mask.nii.gz`: the brain mask of that grid;
+* `space-S_seg-M_stats.tsv` + `.json`: statistics per region (not BIDS: `.bidsignore`), once.
 
 Every image has a JSON sidecar (`derivatives.write_sidecar` adds the software version and
 insists on `SpatialReference` for these non-standard spaces). Everything is written atomically
@@ -31,13 +33,14 @@ from shiva_bids.volume import Volume
 
 
 def marker_paths(output_dir: Path, inputs: InputSet, marker: str,
-                 space: str | None = None) -> dict[str, Path]:
+                 space: str | None = None, res: str | None = None) -> dict[str, Path]:
     """Output paths of one marker (keys: probseg, mask, dseg, dseg_tsv (alias census),
-    brain_mask, stats, stats_json)."""
+    brain_mask, stats, stats_json); `res` (e.g. "model") names another grid of the space."""
     space = space or MARKERS[marker].space
     src = inputs.entities
     path = lambda suffix, ext=".nii.gz", **e: deriv.derivative_path(  # noqa: E731
-        Path(output_dir), src, suffix, ext, space=space, **e)
+        Path(output_dir), src, suffix, ext, space=space, res=res if suffix != "stats" else None,
+        **e)
     return {
         "probseg": path("probseg", label=marker),
         "mask": path("mask", label=marker),
@@ -109,19 +112,25 @@ def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: 
     `sources`: BIDS URIs of the input images the probability map was computed from.
     `provenance`: model name/version/checksums (stored under "Model"); a true `demo` key (or
     `params["demo_models"]`) marks demo models. `params` may hold `min_cluster_size` (voxels
-    of the 1 mm model grid, as given by the user), `space`, `brain_mask_sources` (BIDS URIs)
-    and `description` (of the probability map). The four images are compressed in
-    `n_threads` threads (zlib releases the GIL); the brain mask is written once per process
-    when several markers share it (same path, same content).
+    of the 1 mm model grid, as given by the user), `space`, `brain_mask_sources` (BIDS URIs),
+    `description` (of the probability map), `census_grid` (`census.grid_description`),
+    `native_carry` (`NativeClusters.sidecar()`: how the labels reached this native grid),
+    and, for another grid of the same space, `res` (the `res-` entity) with `resolution`
+    (the `Resolution` sidecar field BIDS requires with it), and `write_stats` (default True;
+    False for the model-grid copies: the statistics are written once). The four images are
+    compressed in `n_threads` threads (zlib releases the GIL); the brain mask is written once
+    per process when several markers share it (same path, same content).
     """
     params = dict(params or {})
     output_dir = Path(output_dir)
     spec = MARKERS[marker]
-    paths = marker_paths(output_dir, inputs, marker, params.get("space"))
+    paths = marker_paths(output_dir, inputs, marker, params.get("space"), params.get("res"))
     uri = lambda key: deriv.bids_uri(paths[key], output_dir)  # noqa: E731
     mask = mask if mask is not None else clusters.mask
     demo = bool(params.get("demo_models", provenance.get("demo", False)))
     common = {"SpatialReference": spatial_reference, "Manual": False, "DemoModels": demo}
+    if params.get("res"):
+        common["Resolution"] = params["resolution"]
     filtering = {
         "Threshold": clusters.threshold,
         "ThresholdRule": "probability > Threshold (strict)",
@@ -133,11 +142,16 @@ def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: 
         "RemovedSmallClusters": clusters.removed_small,
         "RemovedOutsideBrainClusters": clusters.removed_outside,
     }
+    if params.get("census_grid"):
+        filtering["CensusGrid"] = dict(params["census_grid"])
+    filtering.update(params.get("native_carry", {}))
 
     jobs = [(_nifti(brain_mask.with_data(brain_mask.data > 0), np.uint8), paths["brain_mask"],
              True)]
     deriv.write_sidecar(paths["brain_mask"], {
-        "Type": "Brain", "Description": "Brain mask on the native grid of the reference image",
+        "Type": "Brain", "Description": "Brain mask on the " + (
+            "model grid (see Resolution)" if params.get("res") else
+            "native grid of the reference image"),
         "Sources": list(params.get("brain_mask_sources", sources)), **common})
 
     probability = np.clip(prob.data, 0.0, 1.0).astype(np.float32, copy=False)
@@ -167,8 +181,11 @@ def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: 
         "ClusterCount": clusters.count, "RegionSource": region_source,
         **filtering, **common, **_extra_columns(census)})
 
-    atomic_write_text(paths["stats"], stats.to_tsv())
-    atomic_write_json(paths["stats_json"], {**stats.data_dictionary(), "Marker": marker,
-                                            "Sources": [uri("dseg")]})
+    if params.get("write_stats", True):
+        atomic_write_text(paths["stats"], stats.to_tsv())
+        atomic_write_json(paths["stats_json"], {**stats.data_dictionary(), "Marker": marker,
+                                                "Sources": [uri("dseg")]})
+    else:
+        del paths["stats"], paths["stats_json"]
     deriv.ensure_bidsignore(output_dir, deriv.NON_BIDS_PATTERNS)
     return paths

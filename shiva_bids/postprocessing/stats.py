@@ -2,12 +2,16 @@
 
 One row per region: "Whole brain" first (every kept cluster, region or not), then every region
 of the marker's scheme in label order, empty ones included (count 0, total 0, other
-statistics n/a), as SHiVAi's `{pred}_stats.csv`. Volumes are in mm^3 (SHiVAi: voxels of its
-1 mm grid, the same number). The brain volume is repeated on each row so that tables of many
+statistics n/a), as SHiVAi's `{pred}_stats.csv`. Every number comes from the census, i.e.
+from the grid the clusters were found on (`CensusGrid` in the metadata; in the pipeline the
+1 mm model grid, as SHiVAi). Volumes are in mm^3 (SHiVAi: voxels of its 1 mm grid, the same
+number). The brain volume (same grid) is repeated on each row so that tables of many
 participants can be stacked. With no region source only the whole-brain row exists and the
 metadata says `"WholeBrainOnly": true`.
 """
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -22,13 +26,15 @@ STATS_COLUMNS: dict[str, dict[str, str]] = {
     "region_label": {"Description": "Label of the region in the region scheme (-1: whole "
                                     "brain)"},
     "n_clusters": {"Description": "Number of clusters assigned to the region"},
-    "total_volume_mm3": {"Description": "Sum of cluster volumes", **_VOL},
+    "total_volume_mm3": {"Description": "Sum of cluster volumes (census grid, see CensusGrid)",
+                         **_VOL},
     "mean_volume_mm3": {"Description": "Mean cluster volume", **_VOL},
     "median_volume_mm3": {"Description": "Median cluster volume", **_VOL},
     "std_volume_mm3": {"Description": "Standard deviation of cluster volumes (n-1)", **_VOL},
     "min_volume_mm3": {"Description": "Smallest cluster volume", **_VOL},
     "max_volume_mm3": {"Description": "Largest cluster volume", **_VOL},
-    "brain_volume_mm3": {"Description": "Volume of the brain mask", **_VOL},
+    "brain_volume_mm3": {"Description": "Volume of the brain mask on the census grid (see "
+                                        "CensusGrid)", **_VOL},
 }
 _DECIMALS = 4
 
@@ -47,8 +53,9 @@ def _summary(volumes: np.ndarray) -> dict[str, float | int | None]:
 
 
 def region_stats(census: Table, regions: RegionMap | None, marker: str,
-                 brain_volume_mm3: float) -> Table:
-    """Statistics of `census` per region of `regions` (see module doc)."""
+                 brain_volume_mm3: float, grid: Mapping[str, Any] | None = None) -> Table:
+    """Statistics of `census` per region of `regions` (see module doc); `grid` describes the
+    census grid (`census.grid_description`, stored as `CensusGrid`)."""
     volumes = np.asarray(census.column("volume_mm3"), dtype=float)
     labels = np.asarray(census.column("region_label"), dtype=int)
     brain = round(float(brain_volume_mm3), 2)
@@ -65,6 +72,8 @@ def region_stats(census: Table, regions: RegionMap | None, marker: str,
         "WholeBrainOnly": whole_only,
         "UnassignedClusters": int((labels == 0).sum()) if not whole_only else None,
     }
+    if grid is not None:
+        metadata["CensusGrid"] = dict(grid)
     return make_table(rows, STATS_COLUMNS, metadata=metadata)
 
 

@@ -89,6 +89,12 @@ class ModelSpace:
     conformed_mask: Volume
     box: CropBox
 
+    @property
+    def native_to_model(self) -> np.ndarray:
+        """Native voxel indices -> model voxel indices (4x4), the mapping by which
+        `PreprocessedUnit.to_native` resamples."""
+        return np.linalg.inv(self.affine) @ self.native_affine
+
     def stack(self, modalities: Sequence[str]) -> np.ndarray:
         """Channels in descriptor order, (X, Y, Z, C) float32."""
         missing = [m for m in modalities if m not in self.channels]
