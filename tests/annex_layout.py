@@ -65,6 +65,14 @@ def annex_all(root: Path, pattern: str = "*.nii.gz") -> list[Path]:
     return [annex(root, path) for path in sorted(root.glob(f"sub-*/**/{pattern}"))]
 
 
+def read_only(root: Path) -> None:
+    """Make the whole dataset read-only, as a clone on a read-only mount (root ignores it)."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if not path.is_symlink():
+            os.chmod(path, READ_ONLY_DIR if path.is_dir() else READ_ONLY_FILE)
+    os.chmod(root, READ_ONLY_DIR)
+
+
 def drop(path: Path) -> None:
     """Remove the annexed content behind the link `path` (it then dangles, as every link
     to the same content does)."""

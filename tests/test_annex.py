@@ -63,6 +63,9 @@ def test_locked_unlocked_present_and_other_files(tmp_path):
     assert not is_unfetched(t1) and t1.read_bytes() == objects[1].read_bytes()  # present
     drop(t1)
     assert is_unfetched(t1)  # locked, dangling
+    chained = tmp_path / "link-to-link.nii.gz"
+    chained.symlink_to(t1)
+    assert is_unfetched(chained)  # e.g. a tree of links made over a DataLad clone
     unlock_unfetched(flair)
     assert not flair.is_symlink() and is_unfetched(flair)  # unlocked pointer file
     plain = bids / "sub-02" / "anat" / "sub-02_T1w.json"
@@ -92,7 +95,7 @@ def test_unfetched_selected_files_exit_66_with_the_get_command(tmp_path, capsys)
     annex_all(bids, "*.*")
     drop(bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     drop(bids / "sub-01" / "anat" / "sub-01_T1w.json")
-    code = run(bids, tmp_path, "--participant-label", "01", "--skip-bids-validation")
+    code = run(bids, tmp_path, "--participant_label", "01", "--skip-bids-validation")  # 1.0 form
     assert code == 66
     line = error_line(capsys)
     assert "2 selected input file(s) are annexed but not fetched" in line

@@ -5,7 +5,8 @@ skipped), sub-03 with a corrupt SWI (that unit fails with a crash file, the othe
 Brain masks come from the phantom's reference derivatives (`--derivatives`), as they would
 from fMRIPrep, which keeps the test fast; template-based masking is tested with preprocessing.
 The raw images are annexed as in a DataLad clone whose content is fetched (links into
-`.git/annex/objects`, read-only content; tests/annex_layout.py), which must run as usual.
+`.git/annex/objects`; tests/annex_layout.py) and the whole dataset is read-only, which must run
+as usual.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from annex_layout import annex_all
+from annex_layout import annex_all, read_only
 from shiva_bids.cli import main
 from shiva_bids.models.testing import write_tiny_model_folder
 from shiva_bids.synthetic import generate_dataset
@@ -58,6 +59,7 @@ def world(tmp_path_factory):
     swi = next((bids / "sub-03" / "ses-01" / "anat").glob("*_T2starw.nii.gz"))
     swi.write_bytes(swi.read_bytes()[:4000])  # truncated gzip
     annex_all(bids)
+    read_only(bids)
     models = root / "models"
     for marker, modalities in MODELS.items():
         write_tiny_model_folder(models, marker, modalities, n_folds=2, shape=GRID, demo=True)

@@ -46,8 +46,8 @@ LIST_NAME = "unfetched-annexed-files.txt"
 def is_unfetched(path: Path) -> bool:
     """True when `path` is an annexed file whose content is absent: a symlink into
     `.git/annex/objects/` that does not resolve, or an unlocked pointer file."""
-    if path.is_symlink():
-        return ANNEX_OBJECTS in os.readlink(path) and not path.exists()
+    if path.is_symlink():  # followed to the end, also through links to links
+        return ANNEX_OBJECTS in os.path.realpath(path) and not path.exists()
     try:
         if not path.is_file() or path.stat().st_size > POINTER_MAX_BYTES:
             return False
