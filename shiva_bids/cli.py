@@ -40,7 +40,8 @@ EXIT_CODES_HELP = """exit codes:
   64  command-line usage error
   65  bad input data (corrupt, 4D, constant image, ...)
   66  input missing or unreadable, or a selected participant/session lacks its T1w
-      (it is skipped; the others are processed)
+      (it is skipped; the others are processed), or annexed files of the selected
+      participants are not fetched (DataLad: the error gives the `datalad get` command)
   73  the output or work folder cannot be created or written
   75  temporary failure (e.g. GPU out of memory): retrying may succeed
 """

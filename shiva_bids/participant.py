@@ -8,6 +8,8 @@ skipping units that lack a required image, the exit code); the pipelines themsel
 Exit codes (reference/BIDS_APPS.md §1.2, also in docs/usage.md):
 
 * 66: `bids_dir` missing or unreadable; not a BIDS dataset with `--skip-bids-validation`;
+  annexed files of the selected units not fetched (DataLad clones; shiva_bids.bids.annex),
+  checked before anything is written to output_dir;
   or one or more selected units lack a required image (those are skipped with a logged reason
   after every other unit has been processed: "the input lacks the files the app needs");
 * 16: not a BIDS dataset / validator errors; 18: labels select nothing;
@@ -21,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from shiva_bids.bids.annex import check_units_fetched
 from shiva_bids.bids.derivatives import (NON_BIDS_PATTERNS, DatasetInfo, ensure_bidsignore,
                                          write_dataset_description)
 from shiva_bids.bids.discovery import discover_inputs
@@ -101,6 +104,18 @@ def split_runnable(units: list[InputSet], config: RunConfig
     return runnable, skipped
 
 
+def units_to_read(units: list[InputSet], config: RunConfig) -> list[InputSet]:
+    """The units whose input files this run opens: every unit with `--force`; with
+    `--reports-only` the complete ones (their figures are drawn on the raw images); else the
+    incomplete ones, since a rerun skips complete units, whose annexed inputs may have been
+    dropped (`datalad drop`) after they were processed."""
+    from shiva_bids.summary import is_complete
+    if config.force and not config.reports_only:
+        return list(units)
+    return [u for u in units
+            if is_complete(config.output_dir, u.entities) == config.reports_only]
+
+
 def rebuild_reports(units: list[InputSet], config: RunConfig) -> list[UnitResult]:
     """`--reports-only`: re-render the report of every complete unit, compute nothing."""
     from shiva_bids.reports.participant import rebuild_report
@@ -153,6 +168,7 @@ def run_participant_level(config: RunConfig) -> ExitCode:
                    cache_dir=config.work_dir / "deno-cache")
     units = discover_inputs(config)
     log.info("%d participant/session unit(s) selected", len(units))
+    check_units_fetched(units_to_read(units, config), config.bids_dir, config.work_dir)
     prepare_output(config)
     runnable, results = split_runnable(units, config)
     if runnable and config.reports_only:

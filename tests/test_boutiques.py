@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,29 @@ def test_version_and_help_inputs_exit_cleanly(tmp_path, input_id, flag, capsys):
     assert exited.value.code == 0
     if flag == "--version":
         assert capsys.readouterr().out.strip() == f"shiva-bids {__version__}"
+
+
+def test_bosh_exec_launch_runs_the_local_command(tmp_path, monkeypatch):
+    """`bosh exec launch --no-container` runs the installed `shiva-bids` (this tree) from an
+    invocation: the group level on a prepared participant output (cheap, no model)."""
+    from summary_factory import write_unit
+
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "shiva-bids").is_file():
+        pytest.skip(f"no shiva-bids command next to {sys.executable} (pip install -e .)")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    out = tmp_path / "out"
+    for subject, volumes in (("01", [12.0, 30.0]), ("02", [8.0])):
+        write_unit(out, subject, None, volumes)
+    (out / "dataset_description.json").write_text(json.dumps(
+        {"Name": "shiva-bids", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}))
+    invocation = tmp_path / "invocation.json"
+    invocation.write_text(json.dumps({"InputDataset": str(tmp_path / "ds"),
+                                      "OutputLocation": str(out), "AnalysisLevel": "group"}))
+    result = boutiques.bosh(["exec", "launch", "--no-container", "--skip-data-collection",
+                             str(DESCRIPTOR), str(invocation)])
+    assert result.exit_code == 0, result.stderr
+    assert not result.missing_files
+    table = (out / "group" / "shiva_group.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in table[1:]] == ["sub-01", "sub-02"]

@@ -4,6 +4,9 @@ The dataset (issue 7 "Done when"): sub-01 with two sessions, sub-02 without FLAI
 skipped), sub-03 with a corrupt SWI (that unit fails with a crash file, the others finish).
 Brain masks come from the phantom's reference derivatives (`--derivatives`), as they would
 from fMRIPrep, which keeps the test fast; template-based masking is tested with preprocessing.
+The raw images are annexed as in a DataLad clone whose content is fetched (links into
+`.git/annex/objects`; tests/annex_layout.py) and the whole dataset is read-only, which must run
+as usual.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from annex_layout import annex_all, read_only
 from conftest import SHARED
 from shiva_bids.cli import main
 from shiva_bids.models.testing import write_published_standins, write_tiny_model_folder
@@ -60,6 +64,8 @@ def world(tmp_path_factory):
         path.unlink()
     swi = next((bids / "sub-03" / "ses-01" / "anat").glob("*_T2starw.nii.gz"))
     swi.write_bytes(swi.read_bytes()[:4000])  # truncated gzip
+    annex_all(bids)
+    read_only(bids)
     models = root / "models"
     if STANDINS:
         write_published_standins(models, PUBLISHED, GRID)

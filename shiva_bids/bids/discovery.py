@@ -6,7 +6,9 @@ Raw images are found with pybids (DESIGN.md "Data flow"; reference/BIDS_APPS.md 
   schema does not know, such as the common but non-standard ``_swi.nii.gz``; without
   validation every ``sub-*`` file is indexed and ``suffix="swi"`` finds it. The
   ``derivatives/``, ``code/``, ``sourcedata/``, ``models/`` and ``stimuli/`` folders are
-  ignored so that, e.g., an fMRIPrep ``desc-preproc_T1w`` is never taken for a raw T1w;
+  ignored so that, e.g., an fMRIPrep ``desc-preproc_T1w`` is never taken for a raw T1w, and
+  pybids never enters dot-folders, so a DataLad clone's ``.git/annex`` is not walked
+  (tests/test_annex.py; its un-fetched files are checked by shiva_bids.bids.annex);
 * metadata (JSON sidecars) is not indexed: discovery needs names only, and skipping it
   halves indexing time (reference/MEASUREMENTS.md, pybids);
 * with ``--bids-database-dir`` the index is saved once and re-loaded by later calls

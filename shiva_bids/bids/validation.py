@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from shiva_bids.bids.annex import tolerate_unfetched
 from shiva_bids.errors import InvalidBIDSError, MissingInputError
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ def validate_input(bids_dir: Path, skip: bool = False, cache_dir: Path | None = 
 
     `dataset_description.json` is checked first so that a folder that is not a BIDS dataset
     at all gets a clear message: exit 16, or 66 with `--skip-bids-validation` (the input then
-    lacks what the app needs). Non-standard `_swi` names are tolerated (:func:`tolerate_swi`).
+    lacks what the app needs). Non-standard `_swi` names are tolerated (:func:`tolerate_swi`),
+    and so are annexed files that are not fetched (shiva_bids.bids.annex).
     If the validator cannot run, a warning says validation was skipped and why, and the run
     goes on.
     """
@@ -183,7 +185,7 @@ def validate_input(bids_dir: Path, skip: bool = False, cache_dir: Path | None = 
     except ValidatorUnavailable as exc:
         log.warning("BIDS validation was skipped: %s", exc)
         return
-    report = tolerate_swi(report)
+    report = tolerate_unfetched(tolerate_swi(report), bids_dir)
     for issue in report.errors:
         log.debug("BIDS error %s %s", issue.code, ", ".join(issue.files[:3]))
     if not report.ok:

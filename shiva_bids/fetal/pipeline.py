@@ -33,6 +33,7 @@ import nibabel as nib
 import numpy as np
 
 from shiva_bids.bids import derivatives as bd
+from shiva_bids.bids.annex import check_fetched
 from shiva_bids.bids.discovery import discover_inputs
 from shiva_bids.bids.validation import validate_input
 from shiva_bids.config import RunConfig
@@ -312,6 +313,7 @@ def run_fetal_participant(config: RunConfig) -> ExitCode:
     units, missing = find_t2w(config)
     todo = [u for u in units if config.force or not stats_path(config.output_dir, u).is_file()]
     log.info("fetal-cgm: %d T2w selected, %d to do", len(units), len(todo))
+    check_fetched([u.t2w for u in todo], config.bids_dir, config.work_dir)
     if not todo:
         return ExitCode.NO_INPUT if missing else ExitCode.OK
     set_threads(config.inference_threads)

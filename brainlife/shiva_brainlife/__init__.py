@@ -1,0 +1,1 @@
+"""The shiva-bids brainlife.io App: config.json in, brainlife outputs and product.json out."""
