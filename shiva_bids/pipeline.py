@@ -122,6 +122,7 @@ def model_grid(predictors: dict[Path, EnsemblePredictor]) -> tuple[int, int, int
 
 def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
     """Preprocess one unit for the channels its models need (runs in a worker process)."""
+    from shiva_bids.postprocessing.sources import needs_template_registration
     from shiva_bids.preprocessing import PreprocOptions, preprocess_unit
     plan, config, shape = task
     options = PreprocOptions(model_shape=shape, brain_mask_method=config.brain_mask,
@@ -129,7 +130,9 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
                              inverse_t2=config.inverse_t2, threads=config.omp_nthreads,
                              seed=config.random_seed, keep_model_space=config.keep_model_space,
                              models_dir=config.models_dir, device=config.device,
-                             verify_checksums=not config.skip_model_checksum)
+                             verify_checksums=not config.skip_model_checksum,
+                             template_registration=needs_template_registration(
+                                 config.regions, plan.inputs.dseg is not None))
     needs = set(plan.needs)
     if "CMB" in plan.descriptors:
         needs.add("swi")
@@ -169,11 +172,29 @@ def _reference_image(inputs: InputSet, space: str, config: RunConfig) -> Path:
     return inputs.t2w if config.replace_t1 == "t2" else inputs.t1w  # type: ignore[return-value]
 
 
-def _load_dseg(inputs: InputSet) -> Volume | None:
-    if inputs.dseg is None:
-        return None
-    img = nib.load(inputs.dseg)
-    return Volume(np.asarray(img.dataobj).astype(np.int32), img.affine)
+def unit_regions(config: RunConfig, inputs: InputSet, unit):
+    """The unit's derived parcellation by `--regions` (postprocessing/sources.py), built once
+    for all markers; the atlas is derived on the unit's 1 mm model grid (T1w, else SWI)."""
+    from shiva_bids.postprocessing.sources import unit_parcellation
+    source = ""
+    if inputs.dseg is not None:
+        try:
+            source = bids_uri(inputs.dseg, config.bids_dir, "raw")
+        except ValueError:  # a segmentation outside the raw dataset
+            source = str(inputs.dseg)
+    space = unit.spaces["T1w" if "T1w" in unit.spaces else "SWI"]
+    grid = Volume(np.zeros(space.brain_mask.shape, np.uint8), space.affine)
+    return unit_parcellation(config.regions, inputs.unit_id, inputs.dseg, source,
+                             unit.template_registration(), grid, config.work_dir / "atlas",
+                             config.random_seed)
+
+
+def _region_transforms(unit, space: str) -> tuple[list[str], list[bool] | None]:
+    """ANTs transforms from the marker's grid to the T1w world the parcellation lives in:
+    for CMB next to a T1w, the inverse SWI -> T1w rigid (SHIVA.md §7, `seg_to_swi`)."""
+    if space == "SWI" and "T1w" in unit.spaces and "SWI->T1w" in unit.transforms:
+        return [str(unit.transforms["SWI->T1w"])], [True]
+    return [], None
 
 
 def copy_transforms(output_dir: Path, inputs: InputSet, transforms: dict[str, Path]) -> dict:
@@ -198,7 +219,7 @@ def _versions() -> dict[str, str]:
 
 
 def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
-                  output: EnsembleOutput, provenance: dict, dseg: Volume | None
+                  output: EnsembleOutput, provenance: dict, parcellation
                   ) -> MarkerSummary:
     """Native-space maps, clusters, statistics and derivative files of one marker."""
     from shiva_bids.postprocessing import (
@@ -212,7 +233,9 @@ def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
     prob = unit.to_native(space, output.mean, "linear")
     spread = unit.to_native(space, output.std, "linear")
     brain = unit.native_brain_mask(space)
-    regions = build_regions(spec.region_scheme, brain, dseg=dseg, brain=brain)
+    transforms, invert = _region_transforms(unit, space)
+    regions = build_regions(spec.region_scheme, brain, parcellation=parcellation,
+                            dseg_transforms=transforms, dseg_invert=invert)
     result = postprocess_marker(marker, prob, brain, config.threshold(marker),
                                 config.min_cluster_size(marker), spread, regions)
     descriptor = plan.descriptors[marker]
@@ -279,7 +302,7 @@ def finish_unit(config: RunConfig, plan: UnitPlan, unit,
         render_participant_report,
     )
     inputs = plan.inputs
-    dseg = _load_dseg(inputs)
+    parcellation = unit_regions(config, inputs, unit)
     summary = UnitSummary(
         subject=inputs.subject, session=inputs.session, status=COMPLETE,
         software_version=__version__,
@@ -298,7 +321,7 @@ def finish_unit(config: RunConfig, plan: UnitPlan, unit,
                "transforms": copy_transforms(config.output_dir, inputs, unit.transforms)})
     for marker in plan.descriptors:
         summary.markers[marker] = finish_marker(config, plan, unit, marker, outputs[marker],
-                                                provenance[marker], dseg)
+                                                provenance[marker], parcellation)
     for marker, reason in plan.skipped.items():
         summary.markers[marker] = MarkerSummary(marker=marker, status="skipped", reason=reason)
     summary.markers = dict(sorted(summary.markers.items(),

@@ -5,7 +5,8 @@ of the marker's scheme in label order, empty ones included (count 0, total 0, ot
 statistics n/a), as SHiVAi's `{pred}_stats.csv`. Volumes are in mm^3 (SHiVAi: voxels of its
 1 mm grid, the same number). The brain volume is repeated on each row so that tables of many
 participants can be stacked. With no region source only the whole-brain row exists and the
-metadata says `"WholeBrainOnly": true`.
+metadata says `"WholeBrainOnly": true`. Regions from the template atlas add `"RegionAtlas"`
+(name, space, licence, citation, and that such regions are approximate).
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def region_stats(census: Table, regions: RegionMap | None, marker: str,
         "WholeBrainOnly": whole_only,
         "UnassignedClusters": int((labels == 0).sum()) if not whole_only else None,
     }
+    if regions is not None and regions.provenance:
+        metadata["RegionAtlas"] = dict(regions.provenance)
     return make_table(rows, STATS_COLUMNS, metadata=metadata)
 
 
