@@ -109,7 +109,7 @@ def _stages():
     from shiva_bids.preprocessing.registration import Stage
     return (Stage("affine", (200, 100, 50), (4, 2, 1), (2, 1, 0), transform="Affine[0.1]",
                   bins=32, sampling_rate=0.1, convergence_window=10),
-            Stage("syn", (40, 20), (2, 1), (1, 0), transform="SyN[0.25,3,0]", bins=32,
+            Stage("syn", (40, 0), (2, 1), (1, 0), transform="SyN[0.25,3,0]", bins=32,
                   sampling="None", convergence_threshold=1e-7, convergence_window=8))
 
 
