@@ -21,7 +21,9 @@ the differences of individual anatomy that real participants add.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,6 +42,16 @@ SOURCE = "phantom-truth"
 
 
 @functools.lru_cache(maxsize=1)
+def atlas_cache_dir() -> Path:
+    """A per-process folder for the atlas alignment (removed at exit); the app's own atlas
+    regions can reuse it (`sources.unit_parcellation(cache_dir=...)`) for the phantom's
+    fallback template instead of aligning again."""
+    folder = Path(tempfile.mkdtemp(prefix="shiva-phantom-atlas-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
 def canvas_segmentation() -> Volume:
     """FreeSurfer labels (int16) on the phantom canvas (computed once per process: one atlas
     alignment, ~10-20 s of CPU)."""
@@ -50,9 +62,8 @@ def canvas_segmentation() -> Volume:
     brain = template.head.with_data(template.head.data * (template.mask.data > 0))
     atlas = default_atlas()
     grid = Volume(np.zeros(anatomy.shape, np.uint8), anatomy.affine)
-    with tempfile.TemporaryDirectory(prefix="shiva-phantom-atlas-") as tmp:
-        alignment = align_atlas(atlas, template.name, brain, Path(tmp))
-        labels = atlas_on_grid(atlas, grid, alignment)
+    alignment = align_atlas(atlas, template.name, brain, atlas_cache_dir())
+    labels = atlas_on_grid(atlas, grid, alignment)
     return grid.with_data(np.where(anatomy.brain, labels.data, 0).astype(np.int16))
 
 
