@@ -174,8 +174,9 @@ def _reference_image(inputs: InputSet, space: str, config: RunConfig) -> Path:
 
 def unit_regions(config: RunConfig, inputs: InputSet, unit):
     """The unit's derived parcellation by `--regions` (postprocessing/sources.py), built once
-    for all markers; the atlas is derived on the unit's 1 mm model grid (T1w, else SWI)."""
-    from shiva_bids.postprocessing.sources import unit_parcellation
+    for all markers; the atlas is derived on the 1 mm conformed grid around the brain mask of
+    the T1w space (else the SWI space)."""
+    from shiva_bids.postprocessing.sources import atlas_grid, unit_parcellation
     source = ""
     if inputs.dseg is not None:
         try:
@@ -183,10 +184,9 @@ def unit_regions(config: RunConfig, inputs: InputSet, unit):
         except ValueError:  # a segmentation outside the raw dataset
             source = str(inputs.dseg)
     space = unit.spaces["T1w" if "T1w" in unit.spaces else "SWI"]
-    grid = Volume(np.zeros(space.brain_mask.shape, np.uint8), space.affine)
     return unit_parcellation(config.regions, inputs.unit_id, inputs.dseg, source,
-                             unit.template_registration(), grid, config.work_dir / "atlas",
-                             config.random_seed)
+                             unit.template_registration(), atlas_grid(space.conformed_mask),
+                             config.work_dir / "atlas", config.random_seed)
 
 
 def _region_transforms(unit, space: str) -> tuple[list[str], list[bool] | None]:

@@ -403,3 +403,15 @@ def test_standard_groups_add_left_and_right_and_stay_na_without_regions():
                  "CMB_lobar_count", "CMB_deep_count", "CMB_infratentorial_count",
                  "LAC_deep_count"):
         assert described[name]["Description"]
+
+
+def test_atlas_grid_is_the_brain_box_on_the_conformed_grid():
+    from shiva_bids.postprocessing.parcellation import MARGIN
+    from shiva_bids.postprocessing.sources import atlas_grid
+    data = np.zeros((60, 60, 60), np.uint8)
+    data[20:30, 25:35, 28:31] = 1
+    affine = np.eye(4)
+    affine[:3, 3] = [-30, -30, -30]
+    grid = atlas_grid(Volume(data, affine))
+    assert grid.shape == (10 + 2 * MARGIN, 10 + 2 * MARGIN, 3 + 2 * MARGIN)
+    assert np.allclose(grid.affine[:3, 3], [20 - MARGIN - 30, 25 - MARGIN - 30, 28 - MARGIN - 30])

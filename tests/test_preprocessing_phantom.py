@@ -150,12 +150,10 @@ def test_atlas_regions_agree_with_the_phantom_truth(phantom, processed):
     scheme; CMB on the SWI grid through the inverse SWI -> T1w rigid."""
     from shiva_bids.markers import MARKERS
     from shiva_bids.postprocessing.regions import build_regions
-    from shiva_bids.postprocessing.sources import unit_parcellation
+    from shiva_bids.postprocessing.sources import atlas_grid, unit_parcellation
     from shiva_bids.synthetic.segmentation import atlas_cache_dir
-    from shiva_bids.volume import Volume
     unit, _, _ = phantom
-    space = processed.spaces["T1w"]
-    grid = Volume(np.zeros(space.brain_mask.shape, np.uint8), space.affine)
+    grid = atlas_grid(processed.spaces["T1w"].conformed_mask)
     parcellation = unit_parcellation("atlas", unit.unit_id, None, "",
                                      processed.template_registration(), grid,
                                      atlas_cache_dir())
@@ -174,3 +172,22 @@ def test_atlas_regions_agree_with_the_phantom_truth(phantom, processed):
                 label = regions.labels.data[tuple(ijk.astype(int))]
                 agree.append(regions.name(int(label)) == lesion.scheme_region)
     assert len(agree) >= 50 and np.mean(agree) >= 0.9, (len(agree), np.mean(agree))
+
+
+def test_phantom_truth_segmentation_is_a_valid_derivative(phantom):
+    """The true segmentation (`desc-aparcaseg_dseg`, found by --derivatives) keeps the
+    reference dataset validator-clean and says where its labels come from (licence)."""
+    import json
+
+    from shiva_bids.bids.validation import ValidatorUnavailable, validate_dataset
+    unit, _, root = phantom
+    sidecar = json.loads(unit.segmentation.with_name(
+        unit.segmentation.name.replace(".nii.gz", ".json")).read_text())
+    assert "FreeSurfer" in sidecar["Atlas"]["License"]
+    labels = np.asarray(nib.load(unit.segmentation).dataobj)
+    assert {2, 41, 4, 17, 1028, 2028} <= set(np.unique(labels).tolist())
+    try:
+        report = validate_dataset(root / "raw" / "derivatives" / "reference")
+    except ValidatorUnavailable as exc:
+        pytest.skip(str(exc))
+    assert report.ok, report.summary()

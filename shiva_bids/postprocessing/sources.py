@@ -7,8 +7,10 @@ without a segmentation under `derivatives` fails with a one-line error.
 
 Whatever the source, the unit's derived parcellation (reference/SHIVA.md §9.1) is built once
 (:func:`unit_parcellation`) and every marker's scheme is read from it on the marker's own grid
-(`regions.build_regions(..., parcellation=...)`). For the atlas it is derived on the unit's
-1 mm model grid (SHiVAi derives its parcellation in that cropped space, §9.1).
+(`regions.build_regions(..., parcellation=...)`). For the atlas it is derived on the 1 mm
+conformed grid, in the box of the brain mask grown by the parcellation's margin
+(:func:`atlas_grid`): SHiVAi derives its parcellation on the 1 mm cropped model grid (§9.1),
+which covers the same brain, but a model grid that cuts the brain would cut the regions too.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from shiva_bids.volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REGION_MODES", "choose_source", "needs_template_registration", "unit_parcellation"]
+__all__ = ["REGION_MODES", "atlas_grid", "choose_source", "needs_template_registration",
+           "unit_parcellation"]
 
 
 def choose_source(mode: str, has_dseg: bool, unit_id: str = "") -> str:
@@ -45,6 +48,16 @@ def needs_template_registration(mode: str, has_dseg: bool) -> bool:
     """True when the unit's regions come from the atlas (so preprocessing must register the
     template even if its brain mask came another way)."""
     return mode == "atlas" or (mode == "auto" and not has_dseg)
+
+
+def atlas_grid(conformed_mask: Volume) -> Volume:
+    """The 1 mm grid the atlas parcellation is derived on: the conformed brain mask's box,
+    grown by `parcellation.MARGIN` voxels (the distances of §9.1 reach that far)."""
+    from shiva_bids.postprocessing.parcellation import MARGIN
+    from shiva_bids.volume import bounding_box
+    box = bounding_box(np.asarray(conformed_mask.data) > 0, MARGIN)
+    region = conformed_mask.region(box)
+    return region.with_data(np.zeros(region.shape[:3], np.uint8))
 
 
 def load_dseg(path: Path) -> Volume:
