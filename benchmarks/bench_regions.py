@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
                     for m in ("atlas", "derivatives"))
     print(f"  ratio atlas / true segmentation per unit: wall {atlas[0] / truth[0]:.2f}, "
           f"CPU {atlas[1] / truth[1]:.2f}")
-    print(f"# peak RSS {__import__('resource').getrusage(0).ru_maxrss / 1e6:.2f} GB; "
+    print(f"# peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; "
           f"ITK threads {os.environ.get('ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS', 'default')}")
     return 0
 
