@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from shiva_bids import __version__
-from shiva_bids.config import (BRAIN_MASK_METHODS, DEVICES, LEVELS, PIPELINES, TTA_MODES,
-                               RunConfig)
+from shiva_bids.config import (BRAIN_MASK_METHODS, DEVICES, LEVELS, PIPELINES, REGION_MODES,
+                               TTA_MODES, RunConfig)
 from shiva_bids.errors import ExitCode, ShivaError, UnknownLevelError, UsageError
 from shiva_bids.markers import MARKER_NAMES
 
@@ -233,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="test-time augmentation: flip also predicts the left-right mirrored "
                            "input and averages (twice the inference time); default none, as "
                            "SHIVA")
+    pipe.add_argument("--regions", choices=REGION_MODES, default="auto",
+                      help="where regional statistics come from: auto (default): a "
+                           "segmentation from --derivatives (aseg, aparc+aseg, SynthSeg) if "
+                           "found, else the template atlas (FreeSurfer Desikan-Killiany labels "
+                           "registered through the template; approximate); atlas or "
+                           "derivatives: only that source; none: whole-brain statistics only")
     pipe.add_argument("--threshold", nargs="+", metavar="MARKER=P",
                       help="probability thresholds (defaults PVS=0.5 WMH=0.2 CMB=0.5 LAC=0.2)")
     pipe.add_argument("--min-cluster-size", "--min_cluster_size", nargs="+", metavar="MARKER=N",
@@ -308,6 +314,9 @@ def parse_args(argv: Sequence[str]) -> RunConfig:
                                 f"(choose participant or group)")
     if args.inverse_t2 and not args.replace_t1:
         raise UsageError("--inverse-t2 needs --replace-t1 t2")
+    if args.regions == "derivatives" and not args.derivatives \
+            and args.analysis_level == "participant":
+        raise UsageError("--regions derivatives needs a segmentation dataset in --derivatives")
     _check_paths(args.bids_dir, args.output_dir)
     cpus = os.cpu_count() or 1
     nprocs = args.nprocs or cpus
@@ -336,6 +345,7 @@ def parse_args(argv: Sequence[str]) -> RunConfig:
         markers=tuple(dict.fromkeys(args.markers or ())),
         derivatives=_key_values(args.derivatives, "--derivatives", lambda v: Path(v).absolute()),
         brain_mask=args.brain_mask,
+        regions=args.regions,
         premasked=args.premasked,
         replace_t1=args.replace_t1,
         inverse_t2=args.inverse_t2,

@@ -15,6 +15,9 @@ from shiva_bids.markers import MARKER_NAMES, MARKERS
 PIPELINES: tuple[str, ...] = ("shiva", "fetal-cgm")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 BRAIN_MASK_METHODS: tuple[str, ...] = ("auto", "template", "shiva")
+# Where regions come from (postprocessing/sources.py): auto = a --derivatives segmentation,
+# else the template atlas.
+REGION_MODES: tuple[str, ...] = ("auto", "atlas", "derivatives", "none")
 TTA_MODES: tuple[str, ...] = ("none", "flip")
 LEVELS: tuple[str, ...] = ("participant", "group")
 
@@ -47,6 +50,7 @@ class RunConfig:
     markers: tuple[str, ...] = ()  # empty: every marker whose model and inputs are available
     derivatives: Mapping[str, Path] = field(default_factory=lambda: _frozen(None))
     brain_mask: str = "auto"
+    regions: str = "auto"
     premasked: bool = False
     replace_t1: str | None = None  # e.g. "t2": the T2w takes the T1w's role (channel 0)
     inverse_t2: bool = False

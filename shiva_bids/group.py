@@ -27,6 +27,7 @@ from shiva_bids.config import RunConfig
 from shiva_bids.errors import ExitCode, MissingInputError
 from shiva_bids.io import atomic_write_json, atomic_write_text
 from shiva_bids.markers import MARKER_NAMES
+from shiva_bids.postprocessing.standard import standard_descriptions, standard_values
 from shiva_bids.summary import COMPLETE, UnitSummary, find_summaries, read_summary
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ def unit_row(summary: UnitSummary) -> dict[str, object]:
         row[f"{name}_model"] = f"{marker.model.get('target', name)} " \
                                f"{marker.model.get('version', '')}".strip()
         row[f"{name}_model_md5"] = marker.model.get("checksums", "n/a")
+        row[f"{name}_region_source"] = marker.region_source
+        row.update({f"{name}_{k}": v for k, v in standard_values(name, marker.regions).items()})
         for region, stats in marker.regions.items():
             if region.lower() == "whole brain":
                 continue
@@ -190,8 +193,15 @@ def describe_column(column: str) -> dict[str, str]:
         "demo_models": "True when demo models (trained on phantoms, not for research) were used.",
         "n_warnings": "Number of warnings raised while processing the unit.",
     }
+    standard = standard_descriptions()
     if column in fixed:
         entry = {"Description": fixed[column]}
+    elif column in standard:
+        entry = dict(standard[column])
+    elif column.endswith("_region_source"):
+        entry = {"Description": f"Where the {column[:3]} regions come from: "
+                                "dseg:<segmentation> (--derivatives), atlas:<name> (template "
+                                "atlas registered to the participant: approximate) or none."}
     elif column.startswith("qc_"):
         entry = {"Description": f"Quality-control measure {column[3:]}."}
     elif column.endswith("_status"):

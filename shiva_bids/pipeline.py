@@ -136,6 +136,7 @@ def model_grid(predictors: dict[Path, EnsemblePredictor]) -> tuple[int, int, int
 
 def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
     """Preprocess one unit for the channels its models need (runs in a worker process)."""
+    from shiva_bids.postprocessing.sources import needs_template_registration
     from shiva_bids.preprocessing import PreprocOptions, preprocess_unit
     plan, config, shape = task
     options = PreprocOptions(model_shape=shape, brain_mask_method=config.brain_mask,
@@ -143,7 +144,9 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
                              inverse_t2=config.inverse_t2, threads=config.omp_nthreads,
                              seed=config.random_seed, keep_model_space=config.keep_model_space,
                              models_dir=config.models_dir, device=config.device,
-                             verify_checksums=not config.skip_model_checksum)
+                             verify_checksums=not config.skip_model_checksum,
+                             template_registration=needs_template_registration(
+                                 config.regions, plan.inputs.dseg is not None))
     needs = set(plan.needs)
     if "CMB" in plan.descriptors:
         needs.add("swi")
@@ -185,11 +188,29 @@ def _reference_image(inputs: InputSet, space: str, config: RunConfig) -> Path:
     return inputs.t2w if config.replace_t1 == "t2" else inputs.t1w  # type: ignore[return-value]
 
 
-def _load_dseg(inputs: InputSet) -> Volume | None:
-    if inputs.dseg is None:
-        return None
-    img = nib.load(inputs.dseg)
-    return Volume(np.asarray(img.dataobj).astype(np.int32), img.affine)
+def unit_regions(config: RunConfig, inputs: InputSet, unit):
+    """The unit's derived parcellation by `--regions` (postprocessing/sources.py), built once
+    for all markers; the atlas is derived on the 1 mm conformed grid around the brain mask of
+    the T1w space (else the SWI space)."""
+    from shiva_bids.postprocessing.sources import atlas_grid, unit_parcellation
+    source = ""
+    if inputs.dseg is not None:
+        try:
+            source = bids_uri(inputs.dseg, config.bids_dir, "raw")
+        except ValueError:  # a segmentation outside the raw dataset
+            source = str(inputs.dseg)
+    space = unit.spaces["T1w" if "T1w" in unit.spaces else "SWI"]
+    return unit_parcellation(config.regions, inputs.unit_id, inputs.dseg, source,
+                             unit.template_registration(), atlas_grid(space.conformed_mask),
+                             config.work_dir / "atlas", config.random_seed)
+
+
+def _region_transforms(unit, space: str) -> tuple[list[str], list[bool] | None]:
+    """ANTs transforms from the marker's grid to the T1w world the parcellation lives in:
+    for CMB next to a T1w, the inverse SWI -> T1w rigid (SHIVA.md §7, `seg_to_swi`)."""
+    if space == "SWI" and "T1w" in unit.spaces and "SWI->T1w" in unit.transforms:
+        return [str(unit.transforms["SWI->T1w"])], [True]
+    return [], None
 
 
 def copy_transforms(output_dir: Path, inputs: InputSet, transforms: dict[str, Path]) -> dict:
@@ -213,25 +234,6 @@ def _versions() -> dict[str, str]:
             "nibabel": nib.__version__, "numpy": np.__version__}
 
 
-def model_grid_regions(unit, space: str, scheme: str, dseg: Volume | None):
-    """The marker's region map on its model grid (the census grid, SHIVA.md §9.2). It is built
-    on the T1w model grid; for the SWI grid of a unit with a T1w it is then moved with the
-    inverse SWI->T1w rigid, nearest neighbour, as SHiVAi moves its parcellation (§7)."""
-    from shiva_bids.postprocessing import build_regions
-    from shiva_bids.postprocessing.regiongrid import move_regions
-    base = "T1w" if "T1w" in unit.spaces else space
-    grid = unit.spaces[base]
-    brain = Volume(grid.brain_mask, grid.affine)
-    regions = build_regions(scheme, brain, dseg=dseg, brain=brain)
-    if base == space:
-        return regions
-    from shiva_bids.preprocessing.registration import apply_rigid
-    target = unit.spaces[space]
-    return move_regions(regions, lambda volume: apply_rigid(
-        volume, target.brain_mask.shape, target.affine, unit.transforms[f"{space}->{base}"],
-        "nearestNeighbor", invert=True))
-
-
 # The `res-` entity and `Resolution` of the model-grid outputs (--keep-model-space).
 MODEL_RES = "model"
 
@@ -243,12 +245,13 @@ def _model_resolution(space: str, shape: tuple[int, ...]) -> str:
 
 
 def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
-                  output: EnsembleOutput, provenance: dict, dseg: Volume | None
+                  output: EnsembleOutput, provenance: dict, parcellation
                   ) -> MarkerSummary:
     """SHIVA's census on the model grid, the native images carrying its cluster labels, the
     derivative files of one marker (and the model-grid ones with --keep-model-space)."""
     from shiva_bids.postprocessing import (
         NativeMap,
+        build_regions,
         postprocess_marker,
         stats_by_region,
         write_marker_outputs,
@@ -257,12 +260,14 @@ def finish_marker(config: RunConfig, plan: UnitPlan, unit, marker: str,
     space = spec.space
     grid = unit.spaces[space]
     prob = Volume(output.mean, grid.affine)
+    brain = Volume(grid.brain_mask, grid.affine)
     native = NativeMap(unit.to_native(space, output.mean, "linear"), grid.native_to_model)
+    transforms, invert = _region_transforms(unit, space)
+    regions = build_regions(spec.region_scheme, brain, parcellation=parcellation,
+                            dseg_transforms=transforms, dseg_invert=invert)
     result = postprocess_marker(
-        marker, prob, Volume(grid.brain_mask, grid.affine), config.threshold(marker),
-        config.min_cluster_size(marker), Volume(output.std, grid.affine),
-        model_grid_regions(unit, space, spec.region_scheme, dseg), native,
-        grid_name=f"{space} model grid")
+        marker, prob, brain, config.threshold(marker), config.min_cluster_size(marker),
+        Volume(output.std, grid.affine), regions, native, grid_name=f"{space} model grid")
     descriptor = plan.descriptors[marker]
     if marker in plan.choices:  # which release runs and why the others do not
         provenance = {**provenance, "selection": plan.choices[marker].as_json()}
@@ -339,7 +344,7 @@ def finish_unit(config: RunConfig, plan: UnitPlan, unit,
         render_participant_report,
     )
     inputs = plan.inputs
-    dseg = _load_dseg(inputs)
+    parcellation = unit_regions(config, inputs, unit)
     summary = UnitSummary(
         subject=inputs.subject, session=inputs.session, status=COMPLETE,
         software_version=__version__,
@@ -358,7 +363,7 @@ def finish_unit(config: RunConfig, plan: UnitPlan, unit,
                "transforms": copy_transforms(config.output_dir, inputs, unit.transforms)})
     for marker in plan.descriptors:
         summary.markers[marker] = finish_marker(config, plan, unit, marker, outputs[marker],
-                                                provenance[marker], dseg)
+                                                provenance[marker], parcellation)
     for marker, reason in plan.skipped.items():
         summary.markers[marker] = MarkerSummary(marker=marker, status="skipped", reason=reason)
     summary.markers = dict(sorted(summary.markers.items(),

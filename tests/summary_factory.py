@@ -22,8 +22,9 @@ def marker_summary(marker: str, volumes: list[float]) -> MarkerSummary:
         marker=marker, status="done", space="T1w", threshold=0.5, min_cluster_size_mm3=5,
         n_clusters=len(volumes), total_volume_mm3=total,
         regions={"Whole brain": {"n_clusters": len(volumes), "total_volume_mm3": total},
-                 "Deep WM L": {"n_clusters": len(volumes), "total_volume_mm3": total}},
-        region_source="dseg", model={"target": marker, "version": "v9", "demo": True})
+                 "Left Deep WM": {"n_clusters": len(volumes), "total_volume_mm3": total}},
+        region_source="atlas:DesikanKilliany",
+        model={"target": marker, "version": "v9", "demo": True})
 
 
 def write_unit(output_dir: Path, subject: str, session: str | None, volumes: list[float],
@@ -36,7 +37,7 @@ def write_unit(output_dir: Path, subject: str, session: str | None, volumes: lis
     marker = marker_summary("PVS", volumes)
     ents = summary.entities
     census = derivative_path(output_dir, ents, "dseg", ".tsv", space="T1w", seg="PVS")
-    rows = "".join(f"{i}\tPVS{i:03d}\t{v}\tDeep WM L\n" for i, v in enumerate(volumes, 1))
+    rows = "".join(f"{i}\tPVS{i:03d}\t{v}\tLeft Deep WM\n" for i, v in enumerate(volumes, 1))
     atomic_write_text(census, "index\tname\tvolume_mm3\tregion\n" + rows)
     marker.files["census"] = str(census.relative_to(output_dir))
     if with_images:

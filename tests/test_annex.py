@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from annex_layout import annex, annex_all, drop, unlock_unfetched
+from annex_layout import annex_all, drop, unlock_unfetched
 from bids_builder import BidsBuilder
 from shiva_bids.bids.annex import SHOWN_FILES, is_unfetched, selected_files, tolerate_unfetched
 from shiva_bids.bids.discovery import discover_inputs

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from shiva_bids.postprocessing import NativeMap, carry_to_native, find_clusters, postprocess_marker
-from shiva_bids.postprocessing.regiongrid import move_regions
 from shiva_bids.postprocessing.regions import RegionMap
 from shiva_bids.preprocessing.native import resample_world
 from shiva_bids.volume import Volume
@@ -140,7 +139,6 @@ def test_native_labels_agree_with_nearest_neighbour_on_an_oblique_grid():
     from scipy import ndimage
     prob = ndimage.gaussian_filter(rng.random((30, 30, 30)), 1.5).astype(np.float32)
     prob = (prob - prob.min()) / (prob.max() - prob.min())
-    brain = np.ones(prob.shape, np.uint8)
     angle = np.deg2rad(17.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
                          [0, 0, 1]])
@@ -165,24 +163,3 @@ def test_native_labels_agree_with_nearest_neighbour_on_an_oblique_grid():
     peak = np.isin(labels, carried.peak_only) & ~above
     assert not ((labels > 0) & ~above & ~peak).any()  # native voxels above threshold only
     assert set(np.unique(labels)) - {0} == set(range(1, clusters.count + 1)) - set(carried.absent)
-
-
-def test_regions_moved_to_another_grid_keep_labels_and_brain_mask():
-    labels = np.zeros((6, 6, 6), np.int16)
-    labels[2:4] = 7
-    inside = (labels > 0).astype(np.uint8)
-    regions = RegionMap(Volume(labels, MODEL), {7: "Left PV WM"}, "dseg:x", "wmh",
-                        Volume(inside, MODEL), (7,))
-    shift = np.eye(4)
-    shift[0, 3] = 1.0  # the target grid starts one voxel further along x
-    target = MODEL @ shift
-
-    def resample(volume: Volume) -> Volume:
-        data = resample_world(volume.data.astype(np.float32), volume.affine, (6, 6, 6),
-                              target, "nearest")
-        return Volume(data, target)
-
-    moved = move_regions(regions, resample)
-    assert moved.labels.data.dtype == np.int16 and moved.brain_without_csf.data.dtype == np.uint8
-    assert np.array_equal(moved.labels.data[1:3], labels[2:4]) and not moved.labels.data[3:].any()
-    assert moved.priority == (7,) and moved.names == regions.names

@@ -51,7 +51,7 @@ def test_every_flag_parses_into_the_config(tmp_path: Path):
         "--fetal-largest-component", "-w", str(tmp_path / "work"), "--nprocs", "2",
         "--omp-nthreads", "1", "--mem", "8G",
         "--device", "cpu", "--reports-only", "--stop-on-first-crash", "--force",
-        "--random-seed", "7", "-vv", "--notrack",
+        "--random-seed", "7", "-vv", "--notrack", "--regions", "atlas",
     ])
     assert config.participant_labels == ("01", "02")
     assert config.session_labels == ("A",)
@@ -72,6 +72,7 @@ def test_every_flag_parses_into_the_config(tmp_path: Path):
     assert config.inference_threads == 2  # inference runs alone: the whole --nprocs budget
     assert config.reports_only and config.stop_on_first_crash and config.force
     assert (config.random_seed, config.verbosity) == (7, 2)
+    assert config.regions == "atlas"
 
 
 def _long_options() -> list[tuple[object, str]]:
@@ -314,3 +315,9 @@ def test_run_py_and_python_m_behave_the_same(tmp_path):
     assert results[:2] == results[2:]
     assert results[0][0] == 0 and results[0][1].startswith("shiva-bids ")
     assert results[1][0] == ExitCode.NO_INPUT
+
+
+def test_regions_derivatives_needs_a_derivatives_dataset(tmp_path, capsys):
+    code = main([str(tmp_path), str(tmp_path / "out"), "participant", "--regions",
+                 "derivatives"])
+    assert code == 64 and "--regions derivatives needs" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from shiva_bids.bids.validation import (ValidationReport, ValidatorUnavailable, 
 from shiva_bids.errors import InvalidBIDSError
 from shiva_bids.io import atomic_save_nifti, atomic_write_text
 from shiva_bids.markers import MARKERS
+from shiva_bids.postprocessing.atlases import default_atlas
 
 SOURCE = {"sub": "01", "ses": "1"}
 
@@ -122,7 +123,10 @@ def write_every_output_kind(raw: Path, out: Path) -> list[Path]:
                              "Sources": [bids_uri(prob, out)]})
         dseg = _image(derivative_path(out, SOURCE, "dseg", space=spec.space, seg=marker),
                       np.int16)
-        write_sidecar(dseg, {**common, "Sources": [bids_uri(mask, out)]})
+        # template-atlas regions (issue #17): their provenance and licence in the sidecar
+        write_sidecar(dseg, {**common, "Sources": [bids_uri(mask, out)],
+                             "RegionSource": "atlas:DesikanKilliany",
+                             "RegionAtlas": default_atlas().provenance()})
         atomic_write_text(dseg.with_name(dseg.name.replace(".nii.gz", ".tsv")),
                           f"index\tname\n1\t{marker}001\n")
         stats = unit_dir(out, SOURCE) / derivative_name(SOURCE, "stats", ".tsv",

@@ -27,6 +27,7 @@ import pytest
 
 from annex_layout import annex_all, read_only
 from conftest import SHARED
+from fs_phantom import make_aparc_aseg
 from shiva_bids.cli import main
 from shiva_bids.models.testing import write_published_standins, write_tiny_model_folder
 from shiva_bids.synthetic import generate_dataset
@@ -64,6 +65,13 @@ def world(tmp_path_factory):
         path.unlink()
     swi = next((bids / "sub-03" / "ses-01" / "anat").glob("*_T2starw.nii.gz"))
     swi.write_bytes(swi.read_bytes()[:4000])  # truncated gzip
+    # A FreeSurfer-like aparc+aseg beside the reference masks: regions from --derivatives
+    # (--regions auto prefers it; the template-atlas path is pinned in
+    # test_preprocessing_phantom.py, where the template registration already runs).
+    seg = make_aparc_aseg().to_nifti(np.int16)
+    for anat in (bids / "derivatives" / "reference").glob("sub-*/ses-*/anat"):
+        nib.save(seg, anat / f"{anat.parent.parent.name}_{anat.parent.name}"
+                             "_space-T1w_desc-aparcaseg_dseg.nii.gz")
     annex_all(bids)
     read_only(bids)
     models = root / "models"
@@ -119,6 +127,13 @@ def test_participant_level_outputs_and_exit_code(first_run):
         assert prob.shape == native.shape and np.allclose(prob.affine, native.affine)
         assert (out / f"{unit}.html").is_file()
         assert (out / "logs" / f"{unit}.log").is_file()
+    # regional statistics for every marker (issue #17), from the --derivatives segmentation
+    for marker, record in summary(out, "sub-01_ses-01")["markers"].items():
+        assert record["region_source"].startswith(
+            "dseg:bids:raw:derivatives/reference/sub-01/ses-01/anat/"), marker
+        assert len(record["regions"]) > 9 and "Whole brain" in record["regions"]
+        stats = (out / record["files"]["stats"]).read_text().splitlines()
+        assert len(stats) == len(record["regions"]) + 1
     skipped = summary(out, "sub-02_ses-01")["markers"]
     assert skipped["WMH"]["status"] == "skipped" and "flair" in skipped["WMH"]["reason"]
     assert skipped["LAC"]["status"] == "skipped"
@@ -190,8 +205,17 @@ def test_group_level_gathers_every_unit(first_run):
     assert [(r["participant_id"], r["session_id"]) for r in rows] == [
         ("sub-01", "ses-01"), ("sub-01", "ses-02"), ("sub-02", "ses-01")]
     assert rows[2]["WMH_status"] == "skipped"
+    dictionary = json.loads((out / "group" / "shiva_group.json").read_text())
+    for column in ("PVS_basal_ganglia_count", "PVS_centrum_semiovale_count",
+                   "WMH_periventricular_volume_mm3", "WMH_deep_volume_mm3", "CMB_lobar_count",
+                   "CMB_deep_count", "CMB_infratentorial_count", "LAC_deep_count"):
+        assert rows[0][column] != "n/a" and float(rows[0][column]) >= 0, column
+        assert dictionary[column]["Description"], column
+    assert rows[2]["WMH_deep_volume_mm3"] == "n/a"  # WMH skipped there
     page = (out / "group_report.html").read_text()
     assert "sub-03_ses-01" in page and ("DEMO MODELS" in page) is not STANDINS
+    assert "centrum semiovale" in page and "periventricular" in page
+    assert "standard region" in (out / "sub-01_ses-01.html").read_text()
     if STANDINS:
         assert [(r["PVS_model"], r["PVS_model_md5"]) for r in rows] == [("PVS v4", "verified")] * 3
         assert {r["WMH_model"] for r in rows[:2]} == {"WMH v2"}

@@ -49,6 +49,13 @@ def test_group_level_writes_table_dictionary_clusters_and_report(cohort):
     dictionary = json.loads((out / "group" / "shiva_group.json").read_text())
     assert set(dictionary) == set(rows[0])
     assert dictionary["PVS_volume_mm3"]["Units"] == "mm^3"
+    # standard regional columns (issue #17), each with a data-dictionary entry
+    assert rows[1]["PVS_centrum_semiovale_count"] == "60"
+    assert float(rows[1]["PVS_centrum_semiovale_volume_mm3"]) == 300
+    assert rows[1]["PVS_basal_ganglia_count"] == "0"
+    assert rows[1]["PVS_region_source"] == "atlas:DesikanKilliany"
+    assert "basal ganglia" in dictionary["PVS_basal_ganglia_count"]["Description"]
+    assert not any("centrum" in r["qc_flags"] for r in rows)  # no double outlier flags
     clusters = _table(out / "group" / "shiva_clusters.tsv")
     assert len(clusters) == 2 + 60 + 10 * 3
     assert {"participant_id", "session_id", "marker", "index", "volume_mm3"} <= set(clusters[0])
@@ -57,6 +64,7 @@ def test_group_level_writes_table_dictionary_clusters_and_report(cohort):
     assert "sub-13" in report and "crash-sub-13.txt" in report
     assert "sub-14: incomplete" in report
     assert "DEMO MODELS" in report
+    assert "centrum semiovale 60" in report and "approximate" in report
 
 
 def test_collect_units_separates_failed_and_incomplete(cohort):

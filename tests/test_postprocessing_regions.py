@@ -325,3 +325,93 @@ def test_synthseg_callosum_from_the_seam_between_hemispheres():
     assert _at(derived, -18, -5, 0) == 44  # capsules keep their labels
     mars = build_regions("mars", seg, dseg=seg, derived=derived)
     assert mars.names[_at(mars.labels, 5, 0, 20)] == "Right Corp. Call."
+
+
+# --- issue #17: one parcellation per unit, region sources, standard groups -------------------
+
+def test_parcellation_built_once_gives_the_dseg_regions_on_any_grid():
+    from shiva_bids.postprocessing.regions import make_parcellation
+    seg = _slab_seg()
+    parcellation = make_parcellation(seg, "dseg:bids:raw:x")
+    coarse = Volume(np.zeros((22, 3, 3), np.uint8), np.diag([2.0, 2.0, 2.0, 1.0]))
+    for reference in (seg, coarse):
+        direct = build_regions("mars", reference, dseg=seg, dseg_source="bids:raw:x")
+        shared = build_regions("mars", reference, parcellation=parcellation)
+        assert np.array_equal(direct.labels.data, shared.labels.data)
+        assert shared.source == direct.source == "dseg:bids:raw:x"
+        assert shared.brain_without_csf is not None and shared.provenance is None
+
+
+def test_atlas_parcellation_is_approximate_and_says_where_it_comes_from():
+    from shiva_bids.postprocessing import cluster_census, region_stats
+    from shiva_bids.postprocessing.regions import make_parcellation
+    seg = _slab_seg()
+    parcellation = make_parcellation(seg, "atlas:DesikanKilliany", approximate=True,
+                                     provenance={"Name": "DesikanKilliany", "License": "FS"})
+    regions = build_regions("wmh", seg, parcellation=parcellation)
+    assert regions.source == "atlas:DesikanKilliany" and regions.priority
+    # approximate regions never decide what is outside the brain: the brain mask does
+    brain = seg.with_data((seg.data > 0).astype(np.uint8))
+    assert outside_brain_mask(brain, regions) is brain
+    prob = seg.with_data(np.zeros(seg.shape, np.float32))
+    prob.data[10:12, 2:4, 2:4] = 0.9  # a blob in left deep WM
+    clusters = find_clusters(prob, 0.5, 1.0, brain)
+    census = cluster_census(clusters, prob, None, regions, "WMH")
+    stats = region_stats(census, regions, "WMH", 1000.0)
+    assert census.column("region") == ["Left Deep WM"]
+    assert stats.metadata["RegionSource"] == "atlas:DesikanKilliany"
+    assert stats.metadata["RegionAtlas"]["License"] == "FS"
+
+
+@pytest.mark.parametrize("mode, has_dseg, expected", [
+    ("auto", True, "derivatives"), ("auto", False, "atlas"), ("atlas", True, "atlas"),
+    ("none", True, "none"), ("derivatives", True, "derivatives")])
+def test_region_source_precedence(mode, has_dseg, expected):
+    from shiva_bids.postprocessing.sources import choose_source, needs_template_registration
+    assert choose_source(mode, has_dseg) == expected
+    assert needs_template_registration(mode, has_dseg) == (expected == "atlas")
+
+
+def test_explicit_derivatives_without_a_segmentation_fails_the_unit():
+    from shiva_bids.errors import MissingInputError
+    from shiva_bids.postprocessing.sources import choose_source, unit_parcellation
+    with pytest.raises(MissingInputError, match="sub-01: --regions derivatives"):
+        choose_source("derivatives", False, "sub-01")
+    grid = Volume(np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    assert unit_parcellation("none", "sub-01", None, "", None, grid, None) is None
+    with pytest.raises(MissingInputError, match="no template registration"):
+        unit_parcellation("atlas", "sub-01", None, "", None, grid, None)
+
+
+def test_standard_groups_add_left_and_right_and_stay_na_without_regions():
+    from shiva_bids.postprocessing.standard import standard_descriptions, standard_values
+    regions = {"Whole brain": {"n_clusters": 9, "total_volume_mm3": 90.0},
+               "Left Basal Gang.": {"n_clusters": 2, "total_volume_mm3": 5.0},
+               "Right Basal Gang.": {"n_clusters": 3, "total_volume_mm3": 7.5},
+               "Left Deep WM": {"n_clusters": 4, "total_volume_mm3": 0.0},
+               "Right Hippoc.": {"n_clusters": 0, "total_volume_mm3": 0.0}}
+    assert standard_values("PVS", regions) == {
+        "basal_ganglia_count": 5, "basal_ganglia_volume_mm3": 12.5,
+        "centrum_semiovale_count": 4, "centrum_semiovale_volume_mm3": 0.0}
+    mars = standard_values("CMB", {"Whole brain": {}, "Right Hippoc.": {"n_clusters": 1},
+                                   "Brainstem": {"n_clusters": 2}, "Left Thalamus": {}})
+    assert (mars["lobar_count"], mars["deep_count"], mars["infratentorial_count"]) == (1, 0, 2)
+    assert set(standard_values("WMH", {"Whole brain": {"n_clusters": 3}}).values()) == {None}
+    described = standard_descriptions()
+    for name in ("PVS_basal_ganglia_count", "PVS_centrum_semiovale_count",
+                 "WMH_periventricular_volume_mm3", "WMH_deep_volume_mm3",
+                 "CMB_lobar_count", "CMB_deep_count", "CMB_infratentorial_count",
+                 "LAC_deep_count"):
+        assert described[name]["Description"]
+
+
+def test_atlas_grid_is_the_brain_box_on_the_conformed_grid():
+    from shiva_bids.postprocessing.parcellation import MARGIN
+    from shiva_bids.postprocessing.sources import atlas_grid
+    data = np.zeros((60, 60, 60), np.uint8)
+    data[20:30, 25:35, 28:31] = 1
+    affine = np.eye(4)
+    affine[:3, 3] = [-30, -30, -30]
+    grid = atlas_grid(Volume(data, affine))
+    assert grid.shape == (10 + 2 * MARGIN, 10 + 2 * MARGIN, 3 + 2 * MARGIN)
+    assert np.allclose(grid.affine[:3, 3], [20 - MARGIN - 30, 25 - MARGIN - 30, 28 - MARGIN - 30])

@@ -38,7 +38,7 @@ def phantom(tmp_path_factory):
     rigid transform (a FLAIR with a cut field of view: tests/test_registration.py)."""
     root = tmp_path_factory.mktemp("phantom")
     ds = generate_dataset(root / "raw", n_participants=1, seed=7, loads=["severe"],
-                          modalities=["T1w", "FLAIR", "T2starw"])
+                          modalities=["T1w", "FLAIR", "T2starw"], segmentation=True)
     unit = ds.units[0]
     flair = nib.load(unit.images["FLAIR"])
     moved = nib.Nifti1Image(np.asarray(flair.dataobj), _misalignment() @ flair.affine)
@@ -141,3 +141,53 @@ def test_warnings_and_qc_are_recorded(processed):
         assert key in processed.qc
     assert processed.template_transform is not None
     assert all(Path(p).is_file() for p in processed.template_transform.transforms)
+
+
+def test_atlas_regions_agree_with_the_phantom_truth(phantom, processed):
+    """Issue #17, the pinned case of benchmarks/bench_regions.py: the template atlas brought
+    through this unit's template registration puts the centroid of >= 90 % of the lesions
+    lying more than 3 mm inside their true region (phantom truth) in that region, for every
+    scheme; CMB on the SWI grid through the inverse SWI -> T1w rigid."""
+    from shiva_bids.markers import MARKERS
+    from shiva_bids.postprocessing.regions import build_regions
+    from shiva_bids.postprocessing.sources import atlas_grid, unit_parcellation
+    from shiva_bids.synthetic.segmentation import atlas_cache_dir
+    unit, _, _ = phantom
+    grid = atlas_grid(processed.spaces["T1w"].conformed_mask)
+    parcellation = unit_parcellation("atlas", unit.unit_id, None, "",
+                                     processed.template_registration(), grid,
+                                     atlas_cache_dir())
+    assert parcellation.source == "atlas:DesikanKilliany" and parcellation.approximate
+    agree = []
+    for marker, spec in MARKERS.items():
+        swi = spec.space == "SWI"
+        regions = build_regions(spec.region_scheme, processed.native_brain_mask(spec.space),
+                                parcellation=parcellation,
+                                dseg_transforms=[str(processed.transforms["SWI->T1w"])]
+                                if swi else [], dseg_invert=[True] if swi else None)
+        to_voxel = np.linalg.inv(regions.labels.affine)
+        for lesion in unit.lesions_of(marker):
+            if lesion.boundary_mm > 3.0:
+                ijk = np.rint(to_voxel[:3, :3] @ lesion.centroid_mm + to_voxel[:3, 3])
+                label = regions.labels.data[tuple(ijk.astype(int))]
+                agree.append(regions.name(int(label)) == lesion.scheme_region)
+    assert len(agree) >= 50 and np.mean(agree) >= 0.9, (len(agree), np.mean(agree))
+
+
+def test_phantom_truth_segmentation_is_a_valid_derivative(phantom):
+    """The true segmentation (`desc-aparcaseg_dseg`, found by --derivatives) keeps the
+    reference dataset validator-clean and says where its labels come from (licence)."""
+    import json
+
+    from shiva_bids.bids.validation import ValidatorUnavailable, validate_dataset
+    unit, _, root = phantom
+    sidecar = json.loads(unit.segmentation.with_name(
+        unit.segmentation.name.replace(".nii.gz", ".json")).read_text())
+    assert "FreeSurfer" in sidecar["Atlas"]["License"]
+    labels = np.asarray(nib.load(unit.segmentation).dataobj)
+    assert {2, 41, 4, 17, 1028, 2028} <= set(np.unique(labels).tolist())
+    try:
+        report = validate_dataset(root / "raw" / "derivatives" / "reference")
+    except ValidatorUnavailable as exc:
+        pytest.skip(str(exc))
+    assert report.ok, report.summary()

@@ -179,6 +179,8 @@ def write_marker_outputs(output_dir: Path, inputs: InputSet, marker: str, prob: 
         "Description": f"{spec.description}: clusters labelled 1..N (see the _dseg.tsv)",
         "Sources": [uri("probseg"), uri("brain_mask")] + ([region_uri] if region_uri else []),
         "ClusterCount": clusters.count, "RegionSource": region_source,
+        **({"RegionAtlas": stats.metadata["RegionAtlas"]} if "RegionAtlas" in stats.metadata
+           else {}),
         **filtering, **common, **_extra_columns(census)})
 
     if params.get("write_stats", True):

@@ -5,9 +5,14 @@ Sources, in order of preference (issue #6):
 1. a FreeSurfer-style segmentation (`--derivatives`): the derived parcellation
    (reference/SHIVA.md §9.1, `parcellation.py`) mapped to the marker's scheme (§9.3: PVS, WMH,
    MARS), hemispheres separate;
-2. an atlas in template space warped into native space with ANTs transforms (its own labels,
+2. the same from the template atlas's `aparc+aseg` warped onto the participant
+   (`atlases.py`, chosen in `sources.py`): a :class:`Parcellation` built once per unit and
+   resampled (nearest neighbour) onto any reference grid (native T1w/SWI, model grid);
+   `RegionMap.source` is "atlas:<name>" and the map is approximate, so the outside-brain
+   filter keeps using the brain mask;
+3. an atlas with its own labels in template space warped with ANTs transforms (:class:`Atlas`,
    split into hemispheres on the template's x = 0 plane when asked);
-3. nothing: whole-brain statistics only (`RegionMap.source == "none"`).
+4. nothing: whole-brain statistics only (`RegionMap.source == "none"`).
 
 Cluster assignment (§9.2): winner-takes-all over the cluster's voxels; background (0) never
 wins. SHiVAi breaks ties with an unseeded random draw; shiva-bids takes the **lowest region
@@ -21,7 +26,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -89,6 +94,7 @@ class RegionMap:
     "inside the brain" mask for the outside-brain cluster filter when the region source
     knows where CSF is (a segmentation); None otherwise (use the brain mask).
     `priority` lists region labels that override the vote (WMH periventricular rule).
+    `provenance` describes a template atlas (sidecar "RegionAtlas"), None otherwise.
     """
 
     labels: Volume
@@ -97,6 +103,7 @@ class RegionMap:
     scheme: str
     brain_without_csf: Volume | None = None
     priority: tuple[int, ...] = ()
+    provenance: Mapping[str, Any] | None = None
 
     @property
     def whole_brain_only(self) -> bool:
@@ -158,15 +165,61 @@ def scheme_from_derived(derived: np.ndarray, scheme: str,
     return lut[derived], names
 
 
-def _regions_from_dseg(scheme: str, reference: Volume, dseg: Volume, source: str,
-                       derived: Volume | None, transforms: Sequence[str]) -> RegionMap:
-    native, parcellated = derived_on_grid(dseg, reference, derived, transforms)
+@dataclass(frozen=True)
+class Parcellation:
+    """The §9.1 derived parcellation of one unit's segmentation (a user's, or the template
+    atlas warped onto the participant), built once per unit and put on any reference grid by
+    nearest neighbour (:func:`build_regions`). `source` becomes `RegionMap.source`;
+    `approximate` (atlas-based) keeps the brain mask for the outside-brain filter."""
+
+    derived: Volume
+    parcellated: bool
+    source: str
+    approximate: bool = False
+    provenance: Mapping[str, Any] | None = None
+
+
+def make_parcellation(dseg: Volume, source: str, approximate: bool = False,
+                      provenance: Mapping[str, Any] | None = None) -> Parcellation:
+    """Derive the §9.1 parcellation of a FreeSurfer-labelled `dseg` (any grid)."""
+    return Parcellation(parc.derived_parcellation(dseg), parc.has_cortical_parcels(dseg),
+                        source, approximate, provenance)
+
+
+def _scheme_map(scheme: str, native: Volume, parcellated: bool, source: str,
+                exact: bool = True, provenance: Mapping[str, Any] | None = None) -> RegionMap:
     labels, names = scheme_from_derived(native.data, scheme, parcellated)
     priority: tuple[int, ...] = ()
     if scheme == "wmh":
         priority = tuple(k for k, v in names.items() if v.endswith(WMH_PRIORITY_REGION))
-    inside = native.with_data((labels > 0).astype(np.uint8))
-    return RegionMap(native.with_data(labels), names, source, scheme, inside, priority)
+    inside = native.with_data((labels > 0).astype(np.uint8)) if exact else None
+    return RegionMap(native.with_data(labels), names, source, scheme, inside, priority,
+                     provenance)
+
+
+def _regions_from_dseg(scheme: str, reference: Volume, dseg: Volume, source: str,
+                       derived: Volume | None, transforms: Sequence[str]) -> RegionMap:
+    native, parcellated = derived_on_grid(dseg, reference, derived, transforms)
+    return _scheme_map(scheme, native, parcellated, source)
+
+
+# The last (parcellation, reference grid, transforms, invert) -> derived labels on that grid:
+# the markers sharing a space (PVS, WMH, LAC on the T1w grid) resample it once.
+_GRID_CACHE: dict[str, tuple[Parcellation, Volume, tuple, tuple | None, Volume]] = {}
+
+
+def _parcellation_on_grid(parcellation: Parcellation, reference: Volume,
+                          transforms: Sequence[str], invert: Sequence[bool] | None) -> Volume:
+    transforms, invert = tuple(transforms), None if invert is None else tuple(invert)
+    hit = _GRID_CACHE.get("last")
+    if hit is not None and hit[0] is parcellation and same_grid(hit[1], reference) \
+            and hit[2] == transforms and hit[3] == invert:
+        return hit[4]
+    native = warp_atlas(parcellation.derived, reference, transforms, invert,
+                        interpolator="nearestNeighbor")
+    grid = Volume(np.broadcast_to(np.zeros(1, np.uint8), reference.shape[:3]), reference.affine)
+    _GRID_CACHE["last"] = (parcellation, grid, transforms, invert, native)
+    return native
 
 
 # The last (segmentation, reference grid, transforms) -> (derived parcellation on that grid,
@@ -190,7 +243,7 @@ def derived_on_grid(dseg: Volume, reference: Volume, derived: Volume | None = No
         return hit[3], hit[4]
     if derived is None:
         derived = parc.derived_parcellation(dseg)
-    native = warp_atlas(derived, reference, transforms)
+    native = warp_atlas(derived, reference, transforms, interpolator="nearestNeighbor")
     parcellated = parc.has_cortical_parcels(dseg)
     grid = Volume(np.broadcast_to(np.zeros(1, np.uint8), reference.shape[:3]), reference.affine)
     _DERIVED_CACHE["last"] = (dseg, grid, transforms, native, parcellated)
@@ -217,12 +270,17 @@ def lateralize(atlas: Volume, names: Mapping[int, str]) -> tuple[Volume, dict[in
 
 
 def warp_atlas(atlas: Volume | Path, reference: Volume, transforms: Sequence[str] = (),
-               invert: Sequence[bool] | None = None) -> Volume:
-    """Labels of `atlas` on the grid of `reference` (nearest neighbour / ANTs genericLabel).
+               invert: Sequence[bool] | None = None,
+               interpolator: str = "genericLabel") -> Volume:
+    """Labels of `atlas` on the grid of `reference` (nearest neighbour / an ANTs label
+    interpolator).
 
     With no transforms the atlas is resampled through world coordinates; otherwise
     `ants.apply_transforms(fixed=reference, moving=atlas, transformlist=transforms,
-    whichtoinvert=invert)`.
+    whichtoinvert=invert, interpolator=interpolator)`. The transforms apply to the reference's
+    points in list order. "genericLabel" interpolates each label separately (smooth edges, but
+    its cost grows with the number of labels: ~30 s for 110 FreeSurfer labels);
+    "nearestNeighbor" takes ~1 s.
     """
     atlas = _load(atlas)
     if not transforms:
@@ -238,7 +296,7 @@ def warp_atlas(atlas: Volume | Path, reference: Volume, transforms: Sequence[str
         warped = ants.apply_transforms(fixed=ants.image_read(fixed_path),
                                        moving=ants.image_read(moving_path),
                                        transformlist=list(transforms),
-                                       interpolator="genericLabel",
+                                       interpolator=interpolator,
                                        whichtoinvert=None if invert is None else list(invert))
         out_path = os.path.join(tmp, "warped.nii.gz")
         ants.image_write(warped, out_path)
@@ -263,16 +321,24 @@ def build_regions(scheme: str, reference: Volume, dseg: Volume | None = None,
                   atlas: Atlas | None = None, brain: Volume | None = None,
                   dseg_source: str = "segmentation",
                   derived: Volume | None = None,
-                  dseg_transforms: Sequence[str] = ()) -> RegionMap:
+                  dseg_transforms: Sequence[str] = (),
+                  parcellation: Parcellation | None = None,
+                  dseg_invert: Sequence[bool] | None = None) -> RegionMap:
     """Region map of a marker's `scheme` on the `reference` grid (see module doc).
 
+    `parcellation` (built once per unit, :func:`make_parcellation`) wins over `dseg`.
     `dseg_source` names the segmentation in `RegionMap.source` (give its path or BIDS URI).
     `derived` may pass a precomputed `parcellation.derived_parcellation(dseg)`.
     `dseg_transforms`: ANTs transforms from the reference to the segmentation's space when
-    they do not share world coordinates (none: resampled through world coordinates).
+    they do not share world coordinates (none: resampled through world coordinates), with
+    `dseg_invert` (their `whichtoinvert`; only with `parcellation`).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown region scheme {scheme!r} (expected one of {SCHEMES})")
+    if parcellation is not None:
+        native = _parcellation_on_grid(parcellation, reference, dseg_transforms, dseg_invert)
+        return _scheme_map(scheme, native, parcellation.parcellated, parcellation.source,
+                           not parcellation.approximate, parcellation.provenance)
     if dseg is not None:
         return _regions_from_dseg(scheme, reference, dseg, f"dseg:{dseg_source}", derived,
                                   dseg_transforms)

@@ -7,7 +7,8 @@ from the grid the clusters were found on (`CensusGrid` in the metadata; in the p
 1 mm model grid, as SHiVAi). Volumes are in mm^3 (SHiVAi: voxels of its 1 mm grid, the same
 number). The brain volume (same grid) is repeated on each row so that tables of many
 participants can be stacked. With no region source only the whole-brain row exists and the
-metadata says `"WholeBrainOnly": true`.
+metadata says `"WholeBrainOnly": true`. Regions from the template atlas add `"RegionAtlas"`
+(name, space, licence, citation, and that such regions are approximate).
 """
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ def region_stats(census: Table, regions: RegionMap | None, marker: str,
     }
     if grid is not None:
         metadata["CensusGrid"] = dict(grid)
+    if regions is not None and regions.provenance:
+        metadata["RegionAtlas"] = dict(regions.provenance)
     return make_table(rows, STATS_COLUMNS, metadata=metadata)
 
 

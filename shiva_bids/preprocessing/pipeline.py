@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -72,6 +72,9 @@ class PreprocOptions:
     models_dir: Path | None = None
     device: str = "auto"  # where the SHIVA brain-mask model runs (--brain-mask shiva)
     verify_checksums: bool = True
+    # Register the template even when the brain mask came another way (atlas regions need
+    # the template -> participant transform: postprocessing/sources.py).
+    template_registration: bool = False
 
 
 @dataclass
@@ -125,6 +128,12 @@ class PreprocessedUnit:
                              f"{ms.brain_mask.shape}")
         data = resample_world(array, ms.affine, ms.native_shape, ms.native_affine, kind)
         return Volume(data, ms.native_header_affine)
+
+    def template_registration(self) -> TemplateTransform | None:
+        """The template -> participant registration of this unit (template name and ANTs
+        transforms in `ants.apply_transforms` order, for any grid in the participant's
+        world), or None when none was made."""
+        return self.template_transform
 
     def native_brain_mask(self, space: str) -> Volume:
         """The brain mask (uint8) on the native grid of the space's reference image
@@ -184,6 +193,7 @@ def _t1_space(unit: PreprocessedUnit, inputs: InputSet, needs: set[str], opts: P
     conformed = conform(img1.volume)
     mask = make_brain_mask(img1, conformed, inputs, opts, work_dir / "brainmask")
     _record_mask(unit, mask)
+    _ensure_template_registration(unit, img1, conformed, inputs, opts, work_dir)
     space = _model_space("T1w", img1, conformed, mask.mask, opts.model_shape, unit)
     inverse = opts.inverse_t2 and opts.replace_t1 == "t2"
     space.channels["t1"] = normalise(crop(conformed, space.box).data, space.brain_mask, inverse)
@@ -234,6 +244,7 @@ def _swi_space_alone(unit: PreprocessedUnit, inputs: InputSet, opts: PreprocOpti
     conformed = conform(swi.volume)
     mask = make_brain_mask(swi, conformed, inputs, opts, work_dir / "brainmask_swi")
     _record_mask(unit, mask)
+    _ensure_template_registration(unit, swi, conformed, inputs, opts, work_dir)
     space = _model_space("SWI", swi, conformed, mask.mask.data, opts.model_shape, unit)
     unit.qc["brain_mask_size"] = int(np.count_nonzero(space.brain_mask))
     _finish_swi(unit, space, conformed)
@@ -270,6 +281,19 @@ def _record_mask(unit: PreprocessedUnit, mask: BrainMask) -> None:
                        "phantoms: not for research")
             log.warning(message)
             unit.warnings.append(message)
+
+
+def _ensure_template_registration(unit: PreprocessedUnit, img1: LoadedImage,
+                                  conformed: Volume, inputs: InputSet, opts: PreprocOptions,
+                                  work_dir: Path) -> None:
+    """With `opts.template_registration`, register the template as method (c) does when the
+    mask came another way (derivatives, premasked, SHIVA model); the mask itself is kept."""
+    if not opts.template_registration or unit.template_transform is not None:
+        return
+    template_opts = replace(opts, brain_mask_method="template", premasked=False)
+    unit.template_transform = make_brain_mask(img1, conformed, inputs, template_opts,
+                                              work_dir / "template_registration"
+                                              ).template_transform
 
 
 def _model_space(name: str, image: LoadedImage, conformed: Volume, mask: Volume | np.ndarray,

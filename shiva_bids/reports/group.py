@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from shiva_bids import __version__  # noqa: E402
 from shiva_bids.io import atomic_write_text  # noqa: E402
 from shiva_bids.markers import MARKER_NAMES  # noqa: E402
+from shiva_bids.postprocessing.standard import STANDARD_GROUPS  # noqa: E402
 from shiva_bids.reports.render import Figure, environment, stylesheet  # noqa: E402
 
 MAX_POINTS = 2000  # strip-plot points drawn per box (a random, seeded subset beyond that)
@@ -44,11 +45,20 @@ def _distribution_png(marker: str, columns: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+def _standard(marker: str) -> list[str]:
+    """The marker's standard region groups (postprocessing/standard.py)."""
+    return [group for group, _, _ in STANDARD_GROUPS.get(marker, ())]
+
+
 def _marker_columns(rows: Sequence[dict], marker: str) -> dict[str, np.ndarray]:
-    """Region name -> volume per unit, for the marker's total and each region column."""
-    wanted = [f"{marker}_volume_mm3"] + sorted(
+    """Region name -> volume per unit, for the marker's total and its standard region groups
+    (each scheme region when no unit has them)."""
+    standard = [f"{marker}_{g}_volume_mm3" for g in _standard(marker)]
+    regional = standard if any(isinstance(r.get(c), (int, float)) for r in rows
+                               for c in standard) else sorted(
         {c for r in rows for c in r if c.startswith(f"{marker}_") and c.endswith("_volume_mm3")
-         and c != f"{marker}_volume_mm3"})
+         and c != f"{marker}_volume_mm3" and c not in standard})
+    wanted = [f"{marker}_volume_mm3"] + regional
     result = {}
     for column in wanted:
         values = np.array([float(r[column]) if isinstance(r.get(column), (int, float))
@@ -69,7 +79,19 @@ def _display_row(row: dict) -> dict:
         if row.get(f"{marker}_status") == "done":
             shown[f"{marker}_n"] = row[f"{marker}_n_clusters"]
             shown[f"{marker}_v"] = f"{row[f'{marker}_volume_mm3']:.1f}"
+            # standard regions: volumes for WMH (rated by extent), counts for the others
+            unit = "volume_mm3" if marker == "WMH" else "count"
+            parts = [f"{g.replace('_', ' ')} {_number(row.get(f'{marker}_{g}_{unit}'))}"
+                     for g in _standard(marker)]
+            shown[f"{marker}_r"] = "; ".join(parts)
     return shown
+
+
+def _number(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "–"
+    return f"{value:.0f}" if isinstance(value, int) or float(value).is_integer() \
+        else f"{value:.1f}"
 
 
 def render_group_report(output_dir: Path, rows: Sequence[dict], failed: dict[str, Path],
@@ -81,10 +103,13 @@ def render_group_report(output_dir: Path, rows: Sequence[dict], failed: dict[str
     figures = [Figure.from_png(f"{m} load per region",
                                _distribution_png(m, _marker_columns(rows, m)))
                for m in markers if _marker_columns(rows, m)]
+    sources = {str(r[c]) for r in rows for c in r if c.endswith("_region_source")}
     page = environment().get_template("group.html").render(
         css=stylesheet(), version=__version__, rows=[_display_row(r) for r in ordered],
         markers=markers, figures=figures,
         failed={k: str(v.relative_to(output_dir)) for k, v in failed.items()},
         incomplete=list(incomplete), n_flagged=sum(bool(r.get("qc_flags")) for r in rows),
+        region_sources=sorted(sources),
+        atlas_based=any(source.startswith("atlas:") for source in sources),
         demo=any(r.get("demo_models") for r in rows), min_iqr=min_units_for_iqr)
     return atomic_write_text(output_dir / "group_report.html", page)

@@ -15,6 +15,8 @@ import numpy as np
 from shiva_bids.bids.derivatives import unit_dir
 from shiva_bids.io import atomic_path, atomic_write_text
 from shiva_bids.markers import MARKERS
+from shiva_bids.postprocessing.atlases import APPROXIMATE_NOTE
+from shiva_bids.postprocessing.standard import STANDARD_GROUPS, standard_values
 from shiva_bids.reports import figures
 from shiva_bids.reports.citation import methods_html, methods_markdown
 from shiva_bids.reports.render import Figure, environment, stylesheet
@@ -90,6 +92,14 @@ def _embedded(path: Path, title: str) -> Figure | None:
     return Figure.from_png(title, path.read_bytes()) if path.is_file() else None
 
 
+def _standard_rows(marker: str, regions: dict) -> list[tuple[str, int, float]]:
+    """(group, count, volume) of the marker's standard region groups; [] when whole-brain."""
+    values = standard_values(marker, regions)
+    return [(group.replace("_", " "), values[f"{group}_count"],
+             values[f"{group}_volume_mm3"]) for group, _, _ in STANDARD_GROUPS.get(marker, ())
+            if values.get(f"{group}_count") is not None]
+
+
 def render_participant_report(output_dir: Path, summary: UnitSummary) -> Path:
     """Render `output_dir/<unit>.html` from the summary and the saved figures."""
     done = [m for m in summary.markers.values() if m.status == "done"]
@@ -102,9 +112,11 @@ def render_participant_report(output_dir: Path, summary: UnitSummary) -> Path:
                            for key, title in QC_FIGURES.items()) if f]
     methods = methods_markdown([m.marker for m in done], summary.demo_models,
                                summary.brain_mask_method)
+    standard = {m.marker: _standard_rows(m.marker, m.regions) for m in done}
     page = environment().get_template("participant.html").render(
         s=summary, markers=done, all_markers=list(summary.markers.values()),
         figures=marker_figs, qc_figures=qc_figs, methods_html=methods_html(methods),
+        standard={k: v for k, v in standard.items() if v}, approximate_note=APPROXIMATE_NOTE,
         css=stylesheet(),
         marker_titles={k: v.description for k, v in MARKERS.items()},
         pipeline_title="SHIVA small vessel disease markers")

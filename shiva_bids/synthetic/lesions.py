@@ -18,7 +18,7 @@ voxels whose class is that marker, and each lesion's voxel count is taken after 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.ndimage import binary_dilation
@@ -68,13 +68,17 @@ class PaintedLesion:
     centroid: tuple[float, float, float]  # canvas voxel coordinates
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LesionMap:
-    """The lesion classes on the canvas and the list of marker lesions."""
+    """The lesion classes on the canvas and the list of marker lesions. `voxels` / `voxel_ids`
+    are the flat canvas indices of every marker-lesion voxel and its `PaintedLesion.id` (the
+    lesions' exact extent, kept sparse)."""
 
     classes: np.ndarray  # uint8, class codes of contrasts.py (PVS=1 ... VEIN=7)
     lesions: tuple[PaintedLesion, ...]
     load: str
+    voxels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    voxel_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
 
 @dataclass(frozen=True)
@@ -275,7 +279,9 @@ def paint_lesions(anatomy: Anatomy, load: str, rng: np.random.Generator) -> Lesi
 
     for lesion_id in lac_ids:
         p.dilation_ring(lesion_id, C.LAC_RIM)
-    return LesionMap(classes=p.classes, lesions=_census(p), load=load)
+    flat = np.flatnonzero(p.ids)
+    return LesionMap(classes=p.classes, lesions=_census(p), load=load, voxels=flat,
+                     voxel_ids=p.ids.reshape(-1)[flat])
 
 
 def _merge_ids(p: _Painter, first: int) -> None:

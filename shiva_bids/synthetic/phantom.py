@@ -45,6 +45,10 @@ class TruthLesion:
     centroid_mm: tuple[float, float, float]
     voxels: int  # 1 mm phantom voxels
     volume_mm3: float  # voxels times the participant's size factor (deformation ignored)
+    # With a true segmentation (generate_dataset(segmentation=True), segmentation.py): the
+    # lesion's region in its marker's scheme (SHIVA.md §9.3) and its depth inside it (mm).
+    scheme_region: str | None = None
+    boundary_mm: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,16 +134,28 @@ def make_warp(shape: SubjectShape, pose: Pose) -> Warp:
                 canvas_origin=anatomy.affine[:3, 3].copy())
 
 
+def session_geometry(participant: Participant, session_index: int
+                     ) -> tuple[Warp, dict[str, tuple[NativeGrid, ScannerEffects, int]]]:
+    """The session's warp and, per modality, its grid, scanner effects and image seed (drawn
+    in a fixed order, so the random stream does not depend on which modalities are written;
+    a benchmark can rebuild a session's geometry without sampling its images)."""
+    rng = session_rng(participant.seed, participant.index, session_index)
+    warp = make_warp(participant.shape, Pose.random(rng))
+    geometry = {}
+    for modality in MODALITIES:
+        grid = preset_grid(participant.presets[modality], warp.pose.translation, rng)
+        effects = ScannerEffects.random(rng)
+        geometry[modality] = (grid, effects, int(rng.integers(2 ** 63)))
+    return warp, geometry
+
+
 def acquire_session(participant: Participant, session_index: int, label: str | None,
                     modalities=MODALITIES) -> Session:
     """Sample, and add scanner effects to, each modality of one session."""
-    rng = session_rng(participant.seed, participant.index, session_index)
-    warp = make_warp(participant.shape, Pose.random(rng))
+    warp, geometry = session_geometry(participant, session_index)
     images = {}
-    for modality in MODALITIES:  # fixed order: the random stream does not depend on the subset
-        grid = preset_grid(participant.presets[modality], warp.pose.translation, rng)
-        effects = ScannerEffects.random(rng)
-        image_rng = np.random.default_rng(rng.integers(2 ** 63))
+    for modality, (grid, effects, seed) in geometry.items():
+        image_rng = np.random.default_rng(seed)
         if modality not in modalities:
             continue
         contrast = MODALITY_CONTRAST[modality]
