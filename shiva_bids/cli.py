@@ -28,6 +28,7 @@ from shiva_bids.errors import ExitCode, ShivaError, UnknownLevelError, UsageErro
 from shiva_bids.markers import MARKER_NAMES
 
 PROG = "shiva-bids"
+DEFAULT_WORK_DIR = Path("work")
 log = logging.getLogger("shiva_bids")
 
 EXIT_CODES_HELP = """exit codes:
@@ -247,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also keep the cropped 1 mm model-space images in the work folder")
 
     run = parser.add_argument_group("execution")
-    run.add_argument("-w", "--work-dir", "--work_dir", type=Path, default=Path("work"),
-                     help="folder for intermediate files (default: ./work)")
+    run.add_argument("-w", "--work-dir", "--work_dir", type=Path, default=None,
+                     help="folder for intermediate files (default: ./work); like output_dir, "
+                          "never inside bids_dir except under bids_dir/derivatives/")
     run.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", type=_positive_int,
                      default=None, metavar="N",
                      help="participants/sessions preprocessed in parallel (default: CPU count); "
@@ -275,16 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_paths(bids_dir: Path, output_dir: Path) -> None:
-    """`output_dir` may be neither `bids_dir` nor inside it, except under derivatives/."""
+def _check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None,
+                 database_dir: Path | None, level: str) -> None:
+    """Nothing is written into the input dataset: `output_dir`, the participant level's work
+    folder (given, or the default ./work) and `--bids-database-dir` may be neither `bids_dir`
+    nor inside it, except under bids_dir/derivatives/."""
     bids = bids_dir.resolve()
-    out = output_dir.resolve()
-    if out == bids:
-        raise UsageError(f"output_dir {output_dir} is the input dataset; use for example "
-                         f"{bids_dir / 'derivatives' / 'shiva-bids'}")
-    if out.is_relative_to(bids) and not out.is_relative_to(bids / "derivatives"):
-        raise UsageError(f"output_dir {output_dir} is inside the input dataset; only "
-                         f"{bids_dir / 'derivatives'} may hold outputs")
+    work = (work_dir or DEFAULT_WORK_DIR) if level == "participant" else None
+    folders = [("output_dir", output_dir), ("--work-dir", work),
+               ("--bids-database-dir", database_dir)]
+    for what, folder in folders:
+        if folder is None:
+            continue
+        path = folder.resolve()
+        if path == bids:
+            raise UsageError(f"{what} {folder} is the input dataset; use for example "
+                             f"{bids_dir / 'derivatives' / 'shiva-bids'}")
+        if path.is_relative_to(bids) and not path.is_relative_to(bids / "derivatives"):
+            default = " (the default ./work of a run started inside the dataset; give " \
+                      "-w DIR outside it)" if what == "--work-dir" and work_dir is None else ""
+            raise UsageError(f"{what} {path} is inside the input dataset{default}; only "
+                             f"{bids_dir / 'derivatives'} may hold files written by "
+                             f"{PROG}")
 
 
 def parse_args(argv: Sequence[str]) -> RunConfig:
@@ -295,7 +309,8 @@ def parse_args(argv: Sequence[str]) -> RunConfig:
                                 f"(choose participant or group)")
     if args.inverse_t2 and not args.replace_t1:
         raise UsageError("--inverse-t2 needs --replace-t1 t2")
-    _check_paths(args.bids_dir, args.output_dir)
+    _check_paths(args.bids_dir, args.output_dir, args.work_dir, args.bids_database_dir,
+                 args.analysis_level)
     cpus = os.cpu_count() or 1
     nprocs = args.nprocs or cpus
     omp = args.omp_nthreads or max(1, cpus // nprocs)
@@ -310,7 +325,7 @@ def parse_args(argv: Sequence[str]) -> RunConfig:
         bids_filters=_load_filter_file(args.bids_filter_file),
         bids_database_dir=args.bids_database_dir and args.bids_database_dir.absolute(),
         skip_bids_validation=args.skip_bids_validation,
-        work_dir=args.work_dir.absolute(),
+        work_dir=(args.work_dir or DEFAULT_WORK_DIR).absolute(),
         nprocs=nprocs,
         omp_nthreads=omp,
         mem_gb=args.mem,

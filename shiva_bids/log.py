@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Iterator
+
+from shiva_bids.errors import OutputError
 
 LOGGER_NAME = "shiva_bids"
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -26,7 +29,12 @@ class _ConsoleFilter(logging.Filter):
 
 
 def setup_logging(verbosity: int) -> logging.Logger:
-    """Console logging: progress and warnings by default, info with -v, debug with -vv."""
+    """Console logging: progress and warnings by default, info with -v, debug with -vv.
+
+    TensorFlow's C++ start-up lines (oneDNN notes; "failed call to cuInit" on a machine
+    without a GPU, which is normal) are hidden unless -vv, or TF_CPP_MIN_LOG_LEVEL is set.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if verbosity < 2 else "0")
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 \
         else logging.DEBUG
     logger = logging.getLogger(LOGGER_NAME)
@@ -43,10 +51,35 @@ def setup_logging(verbosity: int) -> logging.Logger:
     return logger
 
 
+class _FileHandler(logging.FileHandler):
+    """A log file that, when it can no longer be written (disk full), says so once on the
+    console instead of printing a traceback for every record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            sys.stderr.write(f"shiva-bids: warning: cannot write the log file "
+                             f"{self.baseFilename} ({getattr(error, 'strerror', error)})\n")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last lines cannot be flushed (disk full)
+            self.handleError(None)  # type: ignore[arg-type]
+
+
 def add_file_log(path: Path) -> logging.Handler:
-    """Also log everything (debug and up) to `path`; remove the handler when the unit ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    """Also log everything (debug and up) to `path`; remove the handler when the unit ends.
+
+    Raises OutputError (73) when the log file cannot be created."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = _FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the log file ({exc.strerror or exc})") from exc
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(_FORMAT))
     logging.getLogger(LOGGER_NAME).addHandler(handler)
