@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +16,7 @@ _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 PROGRESS_LOGGER = f"{LOGGER_NAME}.progress"
+_SHOW_NATIVE_OUTPUT = False  # -vv: native libraries write to the console as they please
 
 
 class _ConsoleFilter(logging.Filter):
@@ -29,12 +31,10 @@ class _ConsoleFilter(logging.Filter):
 
 
 def setup_logging(verbosity: int) -> logging.Logger:
-    """Console logging: progress and warnings by default, info with -v, debug with -vv.
-
-    TensorFlow's C++ start-up lines (oneDNN notes; "failed call to cuInit" on a machine
-    without a GPU, which is normal) are hidden unless -vv, or TF_CPP_MIN_LOG_LEVEL is set.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if verbosity < 2 else "0")
+    """Console logging: progress and warnings by default, info with -v, debug with -vv
+    (which also shows native libraries' start-up lines, see :func:`native_output_to_log`)."""
+    global _SHOW_NATIVE_OUTPUT
+    _SHOW_NATIVE_OUTPUT = verbosity >= 2
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 \
         else logging.DEBUG
     logger = logging.getLogger(LOGGER_NAME)
@@ -104,3 +104,36 @@ def unit_log(config, unit_id: str) -> Iterator[Path]:
         yield path
     finally:
         remove_file_log(handler)
+
+
+@contextlib.contextmanager
+def native_output_to_log(what: str) -> Iterator[None]:
+    """Send what native code writes to the process's stderr (file descriptor 2) inside the
+    block to the debug log instead of the console, unless -vv.
+
+    For TensorFlow's start-up lines (oneDNN notes, "failed call to cuInit" on a machine
+    without a GPU, which is normal here): they are written by C++ code that reads
+    TF_CPP_MIN_LOG_LEVEL from the environment the process started with, so setting that
+    variable from Python has no effect.
+    """
+    if _SHOW_NATIVE_OUTPUT:
+        yield
+        return
+    try:
+        sink = tempfile.TemporaryFile()
+    except OSError:  # no temporary folder: leave the console alone
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.seek(0)
+        for line in sink.read().decode("utf-8", "replace").splitlines():
+            logging.getLogger(LOGGER_NAME).debug("%s: %s", what, line)
+        sink.close()

@@ -195,6 +195,7 @@ def run_participant_level(config: RunConfig) -> ExitCode:
         return run_fetal_participant(config)
     check_bids_dir(config.bids_dir)
     ensure_writable_dir(config.output_dir, "output_dir")
+    ensure_writable_dir(config.logs_dir, "the logs folder")
     ensure_writable_dir(config.work_dir, "--work-dir")
     validate_input(config.bids_dir, skip=config.skip_bids_validation,
                    cache_dir=config.work_dir / "deno-cache")

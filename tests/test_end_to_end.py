@@ -82,7 +82,7 @@ def summary(out: Path, unit: str) -> dict:
 def test_participant_level_outputs_and_exit_code(first_run):
     root, bids, _, code, before = first_run
     out = root / "out"
-    assert code == 1  # sub-03 failed
+    assert code == 65  # sub-03 failed, for bad input data (a truncated SWI): the run says so
     assert tree_digest(bids) == before  # nothing written into the input dataset
     for unit in UNITS:
         sub, ses = unit.split("_")
@@ -119,12 +119,14 @@ def test_participant_level_outputs_and_exit_code(first_run):
 def test_group_level_gathers_every_unit(first_run):
     root, bids, _, _, _ = first_run
     out = root / "out"
-    assert main([str(bids), str(out), "group"]) == 0
+    assert main([str(bids), str(out), "group"]) == 66  # sub-03 failed: not every unit is done
     with open(out / "group" / "shiva_group.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    assert [(r["participant_id"], r["session_id"]) for r in rows] == [
-        ("sub-01", "ses-01"), ("sub-01", "ses-02"), ("sub-02", "ses-01")]
+    assert [(r["participant_id"], r["session_id"], r["status"]) for r in rows] == [
+        ("sub-01", "ses-01", "complete"), ("sub-01", "ses-02", "complete"),
+        ("sub-02", "ses-01", "complete"), ("sub-03", "ses-01", "failed")]
     assert rows[2]["WMH_status"] == "skipped"
+    assert main([str(bids), str(out), "group", "--participant-label", "01", "02"]) == 0
     page = (out / "group_report.html").read_text()
     assert "sub-03_ses-01" in page and "DEMO MODELS" in page
 

@@ -3,9 +3,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import logging
+
 import pytest
 
 from kit import fake_models
+from shiva_bids.log import LOGGER_NAME, setup_logging
+
+
+@pytest.fixture(autouse=True)
+def console_of_this_test():
+    """The console log handler writes to this test's captured stderr, and is gone after it
+    (a handler left on a closed capture stream would print 'Logging error' later)."""
+    setup_logging(0)
+    yield
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in [h for h in logger.handlers if getattr(h, "_shiva_console", False)]:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

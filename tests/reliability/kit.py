@@ -11,6 +11,7 @@ that let it ignore permissions. Where that is impossible the cases are skipped w
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -23,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -82,6 +83,7 @@ def make_dataset(root: Path, units: dict[str, Iterable[str]],
         sub, _, ses = key.partition("/")
         folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
         stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+        folder.mkdir(parents=True, exist_ok=True)
         for index, suffix in enumerate(suffixes):
             write_image(folder / f"{stem}_{suffix}.nii.gz", image_data(seed=index))
     return root
@@ -178,10 +180,38 @@ def run_isolated(*argv: object, cwd: Path | None = None, env: dict | None = None
     """`python -m shiva_bids ARGV` in a subprocess that obeys file permissions."""
     prefix = needs_isolation()
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    environment.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the app's own default is under test
     done = subprocess.run([*prefix, sys.executable, "-m", "shiva_bids", *map(str, argv)],
                           capture_output=True, text=True, cwd=cwd, env=environment,
                           timeout=timeout)
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+# --------------------------------------------------------------------------- small disks
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_kib: int, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size_kib` KiB at `path` (skips where this process cannot mount)."""
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here: cannot make a small disk")
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_kib}k" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()[:80]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write until the disk is full."""
+    with open(disk / "filler", "wb", buffering=0) as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0" * 4096)
 
 
 # --------------------------------------------------------------------------- checks
@@ -197,15 +227,16 @@ def assert_clean_failure(result: Result, code: int, name: str, phrase: str) -> N
     assert phrase.lower() in naming[0].lower(), (phrase, naming[0])
 
 
-def looks_complete(output_dir: Path) -> list[Path]:
+def looks_complete(output_dir: Path, group: bool = True) -> list[Path]:
     """Files that would pass for results: unit summaries, unit reports, derivative images and
-    tables of a unit, group tables. Temporary files are hidden (`.name.tmp`) and excluded."""
+    tables of a unit, and (`group`) group tables. Temporary files are hidden (`.name.tmp`)
+    and excluded."""
     if not output_dir.is_dir():
         return []
     found = list(output_dir.glob("sub-*/**/*_summary.json"))
     found += output_dir.glob("sub-*.html")
     found += [p for p in output_dir.glob("sub-*/**/anat/*") if not p.name.startswith(".")]
-    found += output_dir.glob("group/*.tsv")
+    found += output_dir.glob("group/*.tsv") if group else []
     return sorted(found)
 
 
