@@ -31,17 +31,24 @@ PROG = "shiva-bids"
 DEFAULT_WORK_DIR = Path("work")
 log = logging.getLogger("shiva_bids")
 
-EXIT_CODES_HELP = """exit codes:
+EXIT_CODES_HELP = """exit codes (details per level: docs/usage.md):
+  participant level: 0 when every selected unit is complete; otherwise the class shared
+  by every unit that is not (65, 66, 73, 75); 1 for a mix of classes or an internal error.
+  group level: 0 when every expected unit is complete; 66 when one is failed, incomplete
+  or not run (the table lists each with its status).
   0   success
-  1   one or more units failed (see output_dir/logs/crash-*.txt)
+  1   an internal error, or units that failed for different reasons
+      (see output_dir/logs/crash-*.txt)
   16  the input dataset failed BIDS validation
   17  unknown analysis level
-  18  the participant/session labels or filters selected nothing
-  64  command-line usage error
-  65  bad input data (corrupt, 4D, constant image, ...)
-  66  input missing or unreadable, or a selected participant/session lacks its T1w
-      (it is skipped; the others are processed)
-  73  the output or work folder cannot be created or written
+  18  the participant/session labels or the filter file select nothing
+  64  command-line usage error (also: a misspelt entity in the filter file; an output or
+      work folder inside bids_dir)
+  65  bad input data (an image corrupt, truncated, not NIfTI, 4D, constant, with a
+      singular affine; a model whose checksum does not match)
+  66  input missing or unreadable (permission denied, broken link), or a selected unit
+      lacks its T1w; group level: a selected unit is not complete
+  73  the output or work folder cannot be created or written (e.g. disk full)
   75  temporary failure (e.g. GPU out of memory): retrying may succeed
 """
 

@@ -254,6 +254,8 @@ def write_group_outputs(output_dir: Path, found: UnitsFound) -> GroupOutputs:
 def run_group_level(config: RunConfig) -> ExitCode:
     """Gather every expected unit of `config.output_dir` into the group table and report."""
     if config.pipeline == "fetal-cgm":
+        from shiva_bids.models.devices import import_tensorflow
+        import_tensorflow()  # quietly, before the fetal modules import it
         from shiva_bids.fetal.pipeline import run_fetal_group
         return run_fetal_group(config)
     output_dir = config.output_dir

@@ -52,14 +52,14 @@ def setup_logging(verbosity: int) -> logging.Logger:
 
 
 class _FileHandler(logging.FileHandler):
-    """A log file that, when it can no longer be written (disk full), says so once on the
-    console instead of printing a traceback for every record."""
+    """A log file that, when it can no longer be written (disk full), says so once per file
+    on the console instead of printing a traceback for every record."""
 
-    failed = False
+    failed: set[str] = set()  # files already reported, for the whole process
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
-        if not self.failed:
-            self.failed = True
+        if self.baseFilename not in self.failed:
+            self.failed.add(self.baseFilename)
             error = sys.exc_info()[1]
             sys.stderr.write(f"shiva-bids: warning: cannot write the log file "
                              f"{self.baseFilename} ({getattr(error, 'strerror', error)})\n")

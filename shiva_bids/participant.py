@@ -191,6 +191,8 @@ def exit_code(results: list[UnitResult]) -> ExitCode:
 def run_participant_level(config: RunConfig) -> ExitCode:
     """Checks, validation, discovery, dataset files, then every selected unit in turn."""
     if config.pipeline == "fetal-cgm":
+        from shiva_bids.models.devices import import_tensorflow
+        import_tensorflow()  # quietly, before the fetal modules import it
         from shiva_bids.fetal.pipeline import run_fetal_participant
         return run_fetal_participant(config)
     check_bids_dir(config.bids_dir)

@@ -153,24 +153,30 @@ def full_folder(folders: Sequence[Path], reserve: int = 1 << 20) -> Path | None:
     return None
 
 
-def describe_failure(config: RunConfig, exc: BaseException) -> str:
-    """One line saying what went wrong: the error's own message, the full folder for a full
-    disk (whose OSError names no file when a write fails), or the type for internal errors."""
+def classify_failure(config: RunConfig, exc: BaseException) -> tuple[ExitCode, str]:
+    """The failure's exit class and one line saying what went wrong: the error's own message;
+    for a full disk, the folder (an OSError from a write names no file); an unexpected error
+    while the output or work disk is full is put down to the full disk (ANTs or matplotlib
+    do not say ENOSPC); otherwise the error's type and text (an internal error, class 1)."""
+    code = exit_class(exc)
     if isinstance(exc, ShivaError):
-        return str(exc)
+        return code, str(exc)
+    full = full_folder([config.output_dir, config.work_dir])
     if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-        where = exc.filename or full_folder([config.output_dir, config.work_dir]) or \
-            f"{config.output_dir} or {config.work_dir}"
-        return f"{where}: cannot write ({exc.strerror})"
-    return f"{type(exc).__name__}: {exc}"
+        where = exc.filename or full or f"{config.output_dir} or {config.work_dir}"
+        return code, f"{where}: cannot write ({exc.strerror})"
+    if full is not None:
+        return ExitCode.CANNOT_CREATE_OUTPUT, (f"{full}: no space left on device "
+                                               f"({type(exc).__name__}: {exc})")
+    return code, f"{type(exc).__name__}: {exc}"
 
 
 def record_failure(config: RunConfig, inputs: InputSet, stage: str, outcome: RunOutcome,
                    exc: BaseException) -> None:
     """Record a unit's failure with its exit class: remove its partial outputs, write its
     crash file (if the disk still allows), log one line (or stop the run when asked)."""
-    message = f"{stage}: {describe_failure(config, exc)}"
-    code = exit_class(exc)
+    code, what = classify_failure(config, exc)
+    message = f"{stage}: {what}"
     try:
         remove_unit_outputs(config.output_dir, inputs)
         path = write_crash(config.output_dir, inputs.unit_id, stage, exc)

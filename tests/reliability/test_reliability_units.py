@@ -89,6 +89,14 @@ def test_a_unit_failing_on_a_full_disk_loses_its_partial_outputs(tmp_path, monke
     line = next(line for line in err.splitlines() if "sub-01: failed" in line)
     assert f"{out}: cannot write (No space left on device)" in line
     assert "no crash file written" in line and "Traceback" not in err
+    # a library that does not say ENOSPC (ITK, matplotlib) while the disk is full
+    runner.record_failure(Config(out, work, False), InputSet("02"), "preprocessing", outcome,
+                          RuntimeError("itk::ERROR: could not write"))
+    assert outcome.failed[1].exit_code == C.CANNOT_CREATE_OUTPUT
+    full.clear()  # with room on the disks the same error is internal
+    runner.record_failure(Config(out, work, False), InputSet("03"), "preprocessing", outcome,
+                          RuntimeError("itk::ERROR: could not write"))
+    assert outcome.failed[2].exit_code == C.FAILURE
 
 
 def test_a_log_file_on_a_full_disk_is_reported_once(capfd):
