@@ -110,12 +110,17 @@ def unit_folder_error(bids_dir: Path, inputs: InputSet) -> MissingInputError | N
 
 def split_runnable(units: list[InputSet], config: RunConfig
                    ) -> tuple[list[InputSet], list[UnitResult]]:
-    """Units that can run, and results for the others: FAILED (66) when a folder of the unit
-    cannot be read, SKIPPED (66) when it lacks a required image; the skip is also recorded in
-    `logs/skipped-<unit>.txt` for the group level."""
+    """Units that can run (or are complete: the runner skips those), and results for the
+    others: FAILED (66) when a folder of the unit cannot be read, SKIPPED (66) when it lacks a
+    required image; the skip is also recorded in `logs/skipped-<unit>.txt` for the group
+    level."""
     from shiva_bids.runner import RunOutcome, record_failure, skip_path
+    from shiva_bids.summary import is_complete
     runnable, results = [], []
     for inputs in units:
+        if not config.force and is_complete(config.output_dir, inputs.entities):
+            runnable.append(inputs)  # its results stand, whatever its inputs are now
+            continue
         error = unit_folder_error(config.bids_dir, inputs)
         missing = [role for role in required_roles(config) if not inputs.has(role)]
         if error is not None:

@@ -126,9 +126,9 @@ def test_group_level_gathers_every_unit(first_run):
         ("sub-01", "ses-01", "complete"), ("sub-01", "ses-02", "complete"),
         ("sub-02", "ses-01", "complete"), ("sub-03", "ses-01", "failed")]
     assert rows[2]["WMH_status"] == "skipped"
-    assert main([str(bids), str(out), "group", "--participant-label", "01", "02"]) == 0
     page = (out / "group_report.html").read_text()
     assert "sub-03_ses-01" in page and "DEMO MODELS" in page
+    assert main([str(bids), str(out), "group", "--participant-label", "01", "02"]) == 0
 
 
 def test_rerun_skips_complete_units(first_run):

@@ -15,6 +15,8 @@ import pytest
 from kit import (anat_file, assert_clean_failure, fill, freeze, leftovers, looks_complete,
                  make_dataset, run_inprocess, run_isolated, small_disk, tree_state)
 from shiva_bids.errors import ExitCode
+from shiva_bids.summary import summary_path
+from summary_factory import write_unit
 
 MISSING, CANNOT_WRITE = ExitCode.NO_INPUT, ExitCode.CANNOT_CREATE_OUTPUT
 
@@ -29,10 +31,12 @@ def participant(bids: Path, tmp_path: Path, models: Path, *extra: object) -> lis
 def test_unreadable_files_folders_and_broken_links_fail_their_unit_with_66(tmp_path,
                                                                           fake_models_dir):
     """Nine participants, each with one problem, in one run: every unit fails with one line
-    naming its file or folder and saying what is wrong; the run exits 66 (one class)."""
+    naming its file or folder and saying what is wrong; the run exits 66 (one class). A tenth,
+    complete before its folder became unreadable, keeps its results."""
     bids = make_dataset(tmp_path / "bids", {
         "01": ("T1w",), "02": ("T1w", "FLAIR"), "03": ("T1w",), "04": ("T1w",),
-        "05": ("T1w",), "06/1": ("T1w",), "07": (), "08": ("T1w",), "09": ()})
+        "05": ("T1w",), "06/1": ("T1w",), "07": (), "08": ("T1w",), "09": (), "10": ("T1w",)})
+    complete = write_unit(tmp_path / "out", "10", None, [5.0])
     hidden = tmp_path / "private" / "t1.nii.gz"
     hidden.parent.mkdir()
     shutil.copy(anat_file(bids, "01", "T1w"), hidden)
@@ -47,6 +51,7 @@ def test_unreadable_files_folders_and_broken_links_fail_their_unit_with_66(tmp_p
     (bids / "sub-04" / "anat").chmod(0o444)  # listable but not enterable
     (bids / "sub-05").chmod(0)
     (bids / "sub-06" / "ses-1").chmod(0)
+    (bids / "sub-10" / "anat").chmod(0)
     before = tree_state(bids)
     result = run_isolated(*participant(bids, tmp_path, fake_models_dir))
     expected = {
@@ -63,7 +68,10 @@ def test_unreadable_files_folders_and_broken_links_fail_their_unit_with_66(tmp_p
     for name, phrase in expected.items():
         assert_clean_failure(result, MISSING, name, phrase)
     out = tmp_path / "out"
-    assert looks_complete(out) == [] and leftovers(out) == []
+    kept = looks_complete(out)  # only the complete unit's results
+    assert summary_path(out, complete.entities) in kept
+    assert all(path.is_relative_to(out / "sub-10") for path in kept)
+    assert "sub-10: already complete" in result.err and leftovers(out) == []
     assert len(list((out / "logs").glob("crash-*.txt"))) == len(expected)
     assert tree_state(bids) == before
 
