@@ -144,8 +144,10 @@ def test_early_failures_import_neither_tensorflow_nor_antspy(tmp_path):
     anat_file(bids, "01", "T1w").write_bytes(b"")
     from kit import fake_models
     models = fake_models(tmp_path / "models")
+    argv = [str(bids), str(tmp_path / "out"), "participant", "--models-dir", str(models),
+            "-w", str(tmp_path / "w"), "--skip-bids-validation"]
     script = ("import sys; from shiva_bids.cli import main; "
-              f"code = main({[str(bids), str(tmp_path / 'out'), 'participant', '--models-dir', str(models), '-w', str(tmp_path / 'w'), '--skip-bids-validation']!r}); "  # noqa: E501
+              f"code = main({argv!r}); "
               "print(code, sorted(m for m in ('tensorflow', 'ants', 'matplotlib') "
               "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
