@@ -29,20 +29,29 @@ from shiva_bids.errors import ExitCode, ShivaError, UnknownLevelError, UsageErro
 from shiva_bids.markers import MARKER_NAMES
 
 PROG = "shiva-bids"
+DEFAULT_WORK_DIR = Path("work")
 log = logging.getLogger("shiva_bids")
 
-EXIT_CODES_HELP = """exit codes:
+EXIT_CODES_HELP = """exit codes (details per level: docs/usage.md):
+  participant level: 0 when every selected unit is complete; otherwise the class shared
+  by every unit that is not (65, 66, 73, 75); 1 for a mix of classes or an internal error.
+  group level: 0 when every expected unit is complete; 66 when one is failed, incomplete
+  or not run (the table lists each with its status).
   0   success
-  1   one or more units failed (see output_dir/logs/crash-*.txt)
+  1   an internal error, or units that failed for different reasons
+      (see output_dir/logs/crash-*.txt)
   16  the input dataset failed BIDS validation
   17  unknown analysis level
-  18  the participant/session labels or filters selected nothing
-  64  command-line usage error
-  65  bad input data (corrupt, 4D, constant image, ...)
-  66  input missing or unreadable, or a selected participant/session lacks its T1w
-      (it is skipped; the others are processed), or annexed files of the selected
-      participants are not fetched (DataLad: the error gives the `datalad get` command)
-  73  the output or work folder cannot be created or written
+  18  the participant/session labels or the filter file select nothing
+  64  command-line usage error (also: a misspelt entity in the filter file; an output or
+      work folder inside bids_dir)
+  65  bad input data (an image corrupt, truncated, not NIfTI, 4D, constant, with a
+      singular affine; a model whose checksum does not match)
+  66  input missing or unreadable (permission denied, broken link), or a selected unit
+      lacks its T1w, or annexed files of the selected participants are not fetched
+      (DataLad: the error gives the `datalad get` command); group level: a selected unit
+      is not complete
+  73  the output or work folder cannot be created or written (e.g. disk full)
   75  temporary failure (e.g. GPU out of memory): retrying may succeed
 """
 
@@ -266,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "folder")
 
     run = parser.add_argument_group("execution")
-    run.add_argument("-w", "--work-dir", "--work_dir", type=Path, default=Path("work"),
-                     help="folder for intermediate files (default: ./work)")
+    run.add_argument("-w", "--work-dir", "--work_dir", type=Path, default=None,
+                     help="folder for intermediate files (default: ./work); like output_dir, "
+                          "never inside bids_dir except under bids_dir/derivatives/")
     run.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", type=_positive_int,
                      default=None, metavar="N",
                      help="participants/sessions preprocessed in parallel (default: CPU count); "
@@ -294,16 +304,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_paths(bids_dir: Path, output_dir: Path) -> None:
-    """`output_dir` may be neither `bids_dir` nor inside it, except under derivatives/."""
+def _check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None,
+                 database_dir: Path | None, level: str) -> None:
+    """Nothing is written into the input dataset: `output_dir`, the participant level's work
+    folder (given, or the default ./work) and `--bids-database-dir` may be neither `bids_dir`
+    nor inside it, except under bids_dir/derivatives/."""
     bids = bids_dir.resolve()
-    out = output_dir.resolve()
-    if out == bids:
-        raise UsageError(f"output_dir {output_dir} is the input dataset; use for example "
-                         f"{bids_dir / 'derivatives' / 'shiva-bids'}")
-    if out.is_relative_to(bids) and not out.is_relative_to(bids / "derivatives"):
-        raise UsageError(f"output_dir {output_dir} is inside the input dataset; only "
-                         f"{bids_dir / 'derivatives'} may hold outputs")
+    work = (work_dir or DEFAULT_WORK_DIR) if level == "participant" else None
+    folders = [("output_dir", output_dir), ("--work-dir", work),
+               ("--bids-database-dir", database_dir)]
+    for what, folder in folders:
+        if folder is None:
+            continue
+        path = folder.resolve()
+        if path == bids:
+            raise UsageError(f"{what} {folder} is the input dataset; use for example "
+                             f"{bids_dir / 'derivatives' / 'shiva-bids'}")
+        if path.is_relative_to(bids) and not path.is_relative_to(bids / "derivatives"):
+            default = " (the default ./work of a run started inside the dataset; give " \
+                      "-w DIR outside it)" if what == "--work-dir" and work_dir is None else ""
+            raise UsageError(f"{what} {path} is inside the input dataset{default}; only "
+                             f"{bids_dir / 'derivatives'} may hold files written by "
+                             f"{PROG}")
 
 
 def parse_args(argv: Sequence[str]) -> RunConfig:
@@ -317,7 +339,8 @@ def parse_args(argv: Sequence[str]) -> RunConfig:
     if args.regions == "derivatives" and not args.derivatives \
             and args.analysis_level == "participant":
         raise UsageError("--regions derivatives needs a segmentation dataset in --derivatives")
-    _check_paths(args.bids_dir, args.output_dir)
+    _check_paths(args.bids_dir, args.output_dir, args.work_dir, args.bids_database_dir,
+                 args.analysis_level)
     cpus = os.cpu_count() or 1
     nprocs = args.nprocs or cpus
     omp = args.omp_nthreads or max(1, cpus // nprocs)
@@ -332,7 +355,7 @@ def parse_args(argv: Sequence[str]) -> RunConfig:
         bids_filters=_load_filter_file(args.bids_filter_file),
         bids_database_dir=args.bids_database_dir and args.bids_database_dir.absolute(),
         skip_bids_validation=args.skip_bids_validation,
-        work_dir=args.work_dir.absolute(),
+        work_dir=(args.work_dir or DEFAULT_WORK_DIR).absolute(),
         nprocs=nprocs,
         omp_nthreads=omp,
         mem_gb=args.mem,

@@ -1,12 +1,19 @@
 """The group level: every unit's outputs in one table, QC flags and a group report.
 
-Reads the unit summaries in `output_dir` (the completion records: units without one are
-listed as incomplete, crash files as failed), then writes under `output_dir/group/` (listed in
-.bidsignore):
+Every unit the group level expects (the selected units of `bids_dir` and every unit the
+participant level left a trace of) gets a status, complete / failed / incomplete / not run
+(shiva_bids.unit_status); the summaries (completion records) of the complete ones give the
+values. Then it writes under `output_dir/group/` (listed in .bidsignore):
 
-* `shiva_group.tsv` + `shiva_group.json` (data dictionary): one row per participant/session;
-* `shiva_clusters.tsv`: every cluster of every unit (long format);
-* `group_report.html` at the top level (flagged units first, links to unit reports).
+* `shiva_group.tsv` + `shiva_group.json` (data dictionary): one row per expected
+  participant/session, with its `status` (values only for complete units);
+* `shiva_clusters.tsv`: every cluster of every complete unit (long format);
+* `group_report.html` at the top level (flagged units first, links to unit reports, and the
+  units that are not complete with the reason);
+* `logs/group.log`.
+
+Exit code: 0 when every expected unit is complete, 66 otherwise (the outputs are still
+written); 66 with nothing written when the participant level has left nothing at all.
 
 QC flags: the 1.5 x IQR rule on QC measures and marker loads when there are >= 10 units
 (as SHiVAi does, reference/SHIVA.md §11), plus hard checks that apply at any size.
@@ -17,7 +24,7 @@ import csv
 import io
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -26,9 +33,11 @@ import numpy as np
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import ExitCode, MissingInputError
 from shiva_bids.io import atomic_write_json, atomic_write_text
+from shiva_bids.log import add_file_log, remove_file_log
 from shiva_bids.markers import MARKER_NAMES
 from shiva_bids.postprocessing.standard import standard_descriptions, standard_values
-from shiva_bids.summary import COMPLETE, UnitSummary, find_summaries, read_summary
+from shiva_bids.summary import UnitSummary
+from shiva_bids.unit_status import UnitsFound, UnitStatus, collect_statuses, counts, describe
 
 log = logging.getLogger(__name__)
 
@@ -39,41 +48,16 @@ MAX_REGISTRATION_TRANSLATION_MM = 30.0
 GROUP_FOLDER = "group"
 
 
-@dataclass
-class GroupInputs:
-    """What the group level found in the output folder."""
-
-    summaries: list[UnitSummary] = field(default_factory=list)
-    failed: dict[str, Path] = field(default_factory=dict)  # unit -> crash file
-    incomplete: list[str] = field(default_factory=list)  # summaries not marked complete
-    unreadable: list[str] = field(default_factory=list)
-
-
 def slug(text: str) -> str:
     """A column-friendly form of a region name: `Deep WM L` -> `deep_wm_l`."""
     return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
 
-def collect_units(output_dir: Path) -> GroupInputs:
-    """Read every unit summary; note failed and incomplete units."""
-    found = GroupInputs()
-    for path in find_summaries(output_dir):
-        try:
-            summary = read_summary(path)
-        except ValueError as exc:
-            log.warning("%s", exc)
-            found.unreadable.append(str(path.relative_to(output_dir)))
-            continue
-        if summary.status == COMPLETE:
-            found.summaries.append(summary)
-        else:
-            found.incomplete.append(summary.unit_id)
-    done = {s.unit_id for s in found.summaries}
-    for crash in sorted((output_dir / "logs").glob("crash-*.txt")):
-        unit = crash.stem.removeprefix("crash-")
-        if unit not in done:
-            found.failed[unit] = crash
-    return found
+def status_row(status: UnitStatus) -> dict[str, object]:
+    """The row of a unit: its names and status; a complete unit's values come after."""
+    return {"participant_id": f"sub-{status.subject}",
+            "session_id": f"ses-{status.session}" if status.session else "n/a",
+            "status": status.status, "status_detail": status.detail}
 
 
 def unit_row(summary: UnitSummary) -> dict[str, object]:
@@ -173,11 +157,12 @@ def _cell(value: object) -> object:
     return value
 
 
-def _ordered_columns(rows: Sequence[dict]) -> list[str]:
+def _ordered_columns(rows: Sequence[dict], head: Sequence[str] = (
+        "participant_id", "session_id", "status", "status_detail", "qc_flags")) -> list[str]:
     seen: dict[str, None] = {}
     for row in rows:
         seen.update(dict.fromkeys(row))
-    head = ["participant_id", "session_id", "qc_flags"]
+    head = [c for c in head if c in seen or c == "qc_flags"]
     return head + [c for c in seen if c not in head]
 
 
@@ -186,6 +171,11 @@ def describe_column(column: str) -> dict[str, str]:
     fixed = {
         "participant_id": "Participant label (sub-<label>).",
         "session_id": "Session label (ses-<label>), n/a without sessions.",
+        "status": "Unit status: complete, failed (see logs/crash-<unit>.txt), incomplete "
+                  "(started but not finished: still running or stopped; or an unreadable "
+                  "summary), not run (skipped by the participant level, or never run). "
+                  "Values are given for complete units only.",
+        "status_detail": "Why the unit is not complete, naming the file to look at.",
         "qc_flags": "Semicolon-separated QC flags (empty: none). outlier_<col>: outside "
                     "[Q1 - 1.5 IQR, Q3 + 1.5 IQR] (only with >= 10 units).",
         "brain_volume_mm3": "Brain mask volume in the native reference space.",
@@ -251,14 +241,21 @@ class GroupOutputs:
     clusters: Path
 
 
-def write_group_outputs(output_dir: Path, found: GroupInputs) -> GroupOutputs:
-    """Write the group table, its dictionary and the cluster table."""
+def write_group_outputs(output_dir: Path, found: UnitsFound) -> GroupOutputs:
+    """Write the group table (a row per expected unit), its dictionary and the cluster
+    table. `rows` are the complete units' rows (with their QC flags)."""
     rows = [unit_row(s) for s in found.summaries]
     for row, flags in zip(rows, qc_flags(rows)):
         row["qc_flags"] = ";".join(flags)
-    columns = _ordered_columns(rows)
+    by_unit = {(row["participant_id"], row["session_id"]): row for row in rows}
+    table_rows = []
+    for status in found.statuses:
+        row = status_row(status)
+        table_rows.append({**row, **by_unit.get((row["participant_id"], row["session_id"]),
+                                                {})})
+    columns = _ordered_columns(table_rows)
     folder = output_dir / GROUP_FOLDER
-    table = atomic_write_text(folder / "shiva_group.tsv", _tsv(rows, columns))
+    table = atomic_write_text(folder / "shiva_group.tsv", _tsv(table_rows, columns))
     dictionary = atomic_write_json(folder / "shiva_group.json",
                                    {c: describe_column(c) for c in columns})
     clusters = list(cluster_rows(output_dir, found.summaries))
@@ -270,22 +267,33 @@ def write_group_outputs(output_dir: Path, found: GroupInputs) -> GroupOutputs:
 
 
 def run_group_level(config: RunConfig) -> ExitCode:
-    """Gather every unit of `config.output_dir` into the group table and report."""
+    """Gather every expected unit of `config.output_dir` into the group table and report."""
     if config.pipeline == "fetal-cgm":
+        from shiva_bids.models.devices import import_tensorflow
+        import_tensorflow()  # quietly, before the fetal modules import it
         from shiva_bids.fetal.pipeline import run_fetal_group
         return run_fetal_group(config)
     output_dir = config.output_dir
     if not output_dir.is_dir():
         raise MissingInputError(f"{output_dir}: no such folder; run the participant level "
                                 "first")
-    found = collect_units(output_dir)
-    if not found.summaries and not found.failed:
+    found = collect_statuses(output_dir, config.bids_dir, config.participant_labels,
+                             config.session_labels)
+    if not found.any_trace:
         raise MissingInputError(f"{output_dir}: no participant outputs found; run the "
                                 "participant level first")
-    written = write_group_outputs(output_dir, found)
-    from shiva_bids.reports.group import render_group_report
-    report = render_group_report(output_dir, written.rows, found.failed,
-                                 found.incomplete, MIN_UNITS_FOR_IQR)
-    print(f"group level: {len(found.summaries)} units ({len(found.failed)} failed, "
-          f"{len(found.incomplete)} incomplete); table {written.table}; report {report}")
-    return ExitCode.OK
+    handler = add_file_log(config.logs_dir / "group.log")
+    try:
+        written = write_group_outputs(output_dir, found)
+        from shiva_bids.reports.group import render_group_report
+        report = render_group_report(output_dir, written.rows, found.statuses,
+                                     MIN_UNITS_FOR_IQR)
+        for line in describe(found):
+            log.warning("%s", line)
+        code = ExitCode.OK if found.all_complete else ExitCode.NO_INPUT
+        log.info("group level: %s; table %s; report %s (exit %d)", counts(found),
+                 written.table, report, int(code))
+    finally:
+        remove_file_log(handler)
+    print(f"group level: {counts(found)}; table {written.table}; report {report}")
+    return code

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import nibabel as nib
 
+from shiva_bids.errors import OutputError
+
 
 def _file_mode() -> int:
     """0o666 minus the process umask: the mode a plain `open(..., "w")` would give."""
@@ -29,20 +31,28 @@ _FILE_MODE = _file_mode()
 
 @contextlib.contextmanager
 def atomic_path(final: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to `final`; rename it to `final` if the block succeeds."""
+    """Yield a temporary path next to `final`; rename it to `final` if the block succeeds.
+
+    A write that fails for the file system (disk full, quota, read-only, permission) raises
+    OutputError (73) naming the folder and the reason; the temporary file is removed.
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(final.suffixes)  # keep `.nii.gz` so writers pick the right format
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}",
-                                    dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(final.suffixes)  # keep `.nii.gz` so writers pick the right format
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}",
+                                        dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes owner-only files; outputs are shared
         os.replace(tmp, final)
+    except OSError as exc:
+        raise OutputError(f"{final.parent}: cannot write {final.name} "
+                          f"({exc.strerror or exc})") from exc
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 

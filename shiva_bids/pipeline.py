@@ -27,7 +27,7 @@ from shiva_bids import __version__
 from shiva_bids.bids.derivatives import bids_uri, unit_dir
 from shiva_bids.bids.inputs import MODALITY_TO_ROLE, InputSet
 from shiva_bids.config import RunConfig
-from shiva_bids.errors import UsageError
+from shiva_bids.errors import ExitCode, UsageError
 from shiva_bids.log import unit_log
 from shiva_bids.markers import MARKERS
 from shiva_bids.models import (
@@ -40,6 +40,7 @@ from shiva_bids.models import (
     scan_models_dir,
     warn_unused,
 )
+from shiva_bids.preflight import check_unit_inputs
 from shiva_bids.progress import Progress
 from shiva_bids.reports.citation import methods_markdown, write_citation
 from shiva_bids.runner import (
@@ -73,6 +74,11 @@ class UnitPlan:
     def needs(self) -> set[str]:
         """Model channels the unit must provide (t1, flair, swi, t2)."""
         return {m for d in self.descriptors.values() for m in d.modalities}
+
+    @property
+    def channels(self) -> set[str]:
+        """Channels to preprocess: `needs`, plus the SWI space's image whenever CMB runs."""
+        return self.needs | ({"swi"} if "CMB" in self.descriptors else set())
 
 
 def load_descriptors(config: RunConfig) -> ModelScan:
@@ -147,14 +153,11 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
                              verify_checksums=not config.skip_model_checksum,
                              template_registration=needs_template_registration(
                                  config.regions, plan.inputs.dseg is not None))
-    needs = set(plan.needs)
-    if "CMB" in plan.descriptors:
-        needs.add("swi")
     with unit_log(config, plan.inputs.unit_id):
         for line in (line for c in plan.choices.values() for line in c.log_lines()):
             log.info("%s: %s", plan.inputs.unit_id, line)
         log.info("%s: preprocessing for %s", plan.inputs.unit_id, ", ".join(plan.descriptors))
-        return preprocess_unit(plan.inputs, needs, options,
+        return preprocess_unit(plan.inputs, plan.channels, options,
                                config.work_dir / plan.inputs.unit_id)
 
 
@@ -396,7 +399,9 @@ def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
         else:
             message = "; ".join(plan.skipped.values()) or "no marker requested"
             log.error("%s: nothing to run: %s", plan.inputs.unit_id, message)
-            outcome.outcomes.append(UnitOutcome(plan.inputs.unit_id, "failed", message))
+            outcome.outcomes.append(UnitOutcome(plan.inputs.unit_id, "failed", message,
+                                                ExitCode.NO_INPUT))
+    runnable = check_unit_inputs(config, runnable, outcome)  # before any model is loaded
     predictors = make_predictors(config, runnable)
     if not runnable:
         return outcome

@@ -68,10 +68,27 @@ class UnitSummary(UnitNames):
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "UnitSummary":
-        data = dict(payload)
-        data["markers"] = {name: MarkerSummary(**m) for name, m in data.get("markers", {}).items()}
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The summary from its JSON form; TypeError when the JSON has another shape."""
+        data = _checked(cls, payload, "")
+        data["markers"] = {name: MarkerSummary(**_checked(MarkerSummary, m, f"markers.{name}."))
+                           for name, m in data.get("markers", {}).items()}
+        return cls(**data)
+
+
+def _checked(cls, payload: Any, where: str) -> dict[str, Any]:
+    """The known fields of `payload`, after checking that it is an object whose object and
+    array fields are objects and arrays (and `regions` an object of objects)."""
+    if not isinstance(payload, dict):
+        raise TypeError(f"{where or 'the summary'} is a JSON {type(payload).__name__}, not an "
+                        "object")
+    data = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
+    for name, spec in cls.__dataclass_fields__.items():
+        kind = spec.default_factory
+        if name in data and kind in (dict, list) and not isinstance(data[name], kind):
+            raise TypeError(f"{where}{name} is not a JSON {'object' if kind is dict else 'array'}")
+    if not all(isinstance(stats, dict) for stats in data.get("regions", {}).values()):
+        raise TypeError(f"{where}regions holds a value that is not a JSON object")
+    return data
 
 
 def summary_path(output_dir: Path, entities: dict[str, str]) -> Path:
@@ -87,10 +104,14 @@ def write_summary(output_dir: Path, summary: UnitSummary) -> Path:
 
 
 def read_summary(path: Path) -> UnitSummary:
-    """Read one summary file (raises ValueError on a malformed file)."""
+    """Read one summary file; ValueError naming it when it cannot be read or is malformed."""
     try:
-        return UnitSummary.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        return UnitSummary.from_json(json.loads(text))
+    except (ValueError, TypeError, KeyError) as exc:  # JSON and Unicode errors are ValueErrors
         raise ValueError(f"{path}: not a shiva-bids summary ({exc})") from exc
 
 

@@ -295,7 +295,9 @@ def test_a_failing_unit_writes_a_crash_file_and_does_not_stop_the_others(tmp_pat
     assert isinstance(results[1], RuntimeError)  # returned in place, the others ran
     record_failure(config, InputSet("02"), "post-processing", outcome, results[1])
     assert [o.unit_id for o in outcome.failed] == ["sub-02"]
-    assert outcome.failed[0].message == "post-processing: RuntimeError: kaboom"
+    assert outcome.failed[0].exit_code == ExitCode.FAILURE  # an internal error: class 1
+    assert outcome.failed[0].message == "failed, exit class 1 (details: " \
+                                        "logs/crash-sub-02.txt)"
     crash = (tmp_path / "out" / "logs" / "crash-sub-02.txt").read_text()
     assert "stage: post-processing" in crash and "Traceback" in crash and "kaboom" in crash
     stopping = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "out",

@@ -148,9 +148,10 @@ def test_filter_file_narrows_the_choice(entities):
     assert unit.t1w.name == "sub-01_ses-1_acq-mprage_run-3_T1w.nii.gz"
     assert unit.flair.name == "sub-01_ses-1_acq-3d_FLAIR.nii.gz"
     assert "t1w" not in unit.choices
-    (unit,) = find_inputs(layout, filters={"t1w": {"run": None, "reconstruction": None,
-                                                   "ceagent": None}})
-    assert unit.t1w is None  # every T1w without run has rec or ce
+    # every T1w without run has rec or ce: a filter that selects nothing is 18, naming it
+    with pytest.raises(NothingSelectedError, match='the t1w filter {"run": null'):
+        find_inputs(layout, filters={"t1w": {"run": None, "reconstruction": None,
+                                             "ceagent": None}})
 
 
 def test_choice_rule_is_order_independent(tmp_path):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from shiva_bids.cli import main
-from shiva_bids.group import collect_units, qc_flags, slug
+from shiva_bids.group import qc_flags, slug
+from shiva_bids.unit_status import collect_statuses
 from shiva_bids.summary import read_summary, summary_path
 from summary_factory import write_unit
 
@@ -36,16 +37,23 @@ def cohort(tmp_path):
     return tmp_path / "bids", out
 
 
-def test_group_level_writes_table_dictionary_clusters_and_report(cohort):
+def test_group_level_writes_table_dictionary_clusters_and_report(cohort, capsys):
     bids, out = cohort
     bids.mkdir()
-    assert main([str(bids), str(out), "group"]) == 0
+    # sub-13 failed and sub-14 is incomplete: listed with their status, exit 66
+    assert main([str(bids), str(out), "group"]) == 66
     rows = _table(out / "group" / "shiva_group.tsv")
-    assert [r["participant_id"] for r in rows] == [f"sub-{i:02d}" for i in range(1, 13)]
+    assert [r["participant_id"] for r in rows] == [f"sub-{i:02d}" for i in range(1, 15)]
+    assert [r["status"] for r in rows] == ["complete"] * 12 + ["failed", "incomplete"]
+    assert rows[12]["status_detail"] == "see logs/crash-sub-13.txt"
+    assert rows[13]["PVS_n_clusters"] == "n/a" and rows[13]["qc_flags"] == "n/a"
     assert rows[0]["session_id"] == "ses-1" and rows[1]["session_id"] == "n/a"
     assert rows[1]["PVS_n_clusters"] == "60" and float(rows[1]["PVS_volume_mm3"]) == 300
     assert "outlier_PVS_volume_mm3" in rows[1]["qc_flags"]
-    assert all("outlier" not in r["qc_flags"] for r in rows[2:])
+    assert all("outlier" not in r["qc_flags"] for r in rows[2:12])
+    err = capsys.readouterr().err
+    assert "sub-13: failed: see logs/crash-sub-13.txt" in err and "sub-14: incomplete" in err
+    assert "sub-14: incomplete" in (out / "logs" / "group.log").read_text()
     dictionary = json.loads((out / "group" / "shiva_group.json").read_text())
     assert set(dictionary) == set(rows[0])
     assert dictionary["PVS_volume_mm3"]["Units"] == "mm^3"
@@ -62,17 +70,18 @@ def test_group_level_writes_table_dictionary_clusters_and_report(cohort):
     report = (out / "group_report.html").read_text()
     assert report.index("sub-02.html") < report.index("sub-03.html")  # flagged first
     assert "sub-13" in report and "crash-sub-13.txt" in report
-    assert "sub-14: incomplete" in report
+    assert "<td>sub-14</td>" not in report and "says &#39;running&#39;" in report
+    assert "2 of 14 units not complete" in report
     assert "DEMO MODELS" in report
     assert "centrum semiovale 60" in report and "approximate" in report
 
 
-def test_collect_units_separates_failed_and_incomplete(cohort):
-    _, out = cohort
-    found = collect_units(out)
+def test_collect_statuses_separates_failed_and_incomplete(cohort):
+    bids, out = cohort
+    found = collect_statuses(out, bids)  # bids_dir absent: units from the outputs only
     assert len(found.summaries) == 12
-    assert list(found.failed) == ["sub-13"]
-    assert found.incomplete == ["sub-14"]
+    assert [s.unit_id for s in found.with_status("failed")] == ["sub-13"]
+    assert [s.unit_id for s in found.with_status("incomplete")] == ["sub-14"]
 
 
 def test_iqr_rule_needs_ten_units_hard_checks_always():

@@ -30,7 +30,9 @@ built); see :func:`find_derivatives`.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -40,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from shiva_bids.bids.access import folder_pattern, unreadable_folders
 from shiva_bids.bids.derivatives import parse_entities
 from shiva_bids.bids.inputs import ROLES, InputSet
 from shiva_bids.config import RunConfig
-from shiva_bids.errors import MissingInputError, NothingSelectedError, OutputError
+from shiva_bids.errors import MissingInputError, NothingSelectedError, OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +95,18 @@ def database_path(database_dir: Path, bids_dir: Path) -> Path:
     return database_dir / f"shiva-bids-{key}"
 
 
-def _indexer():
+def _indexer(bids_dir: Path):
+    """pybids' indexer: no validation, no metadata, the non-raw folders ignored, and so are
+    folders this user cannot read (pybids would stop on them; the units inside fail one by
+    one with a clear line, shiva_bids.participant.unit_folder_error)."""
     from bids.layout import BIDSLayoutIndexer
 
     ignore = [re.compile(rf"^/({'|'.join(IGNORED_FOLDERS)})/")]
+    unreadable = unreadable_folders(bids_dir, skip=IGNORED_FOLDERS)
+    if unreadable:
+        log.info("%d folder(s) of %s cannot be read and are not searched: %s",
+                 len(unreadable), bids_dir, ", ".join(str(f) for f in unreadable[:5]))
+        ignore.append(folder_pattern(bids_dir, unreadable))
     return BIDSLayoutIndexer(validate=False, index_metadata=False, ignore=ignore)
 
 
@@ -109,7 +120,7 @@ def open_layout(bids_dir: Path, database_dir: Path | None = None):
     from bids import BIDSLayout
 
     if database_dir is None:
-        return BIDSLayout(bids_dir, validate=False, indexer=_indexer())
+        return BIDSLayout(bids_dir, validate=False, indexer=_indexer(bids_dir))
     target = database_path(database_dir, bids_dir)
     if (target / "layout_index.sqlite").is_file():
         log.info("re-using the pybids index %s", target)
@@ -121,7 +132,7 @@ def open_layout(bids_dir: Path, database_dir: Path | None = None):
         raise OutputError(f"--bids-database-dir {database_dir}: cannot be created or written "
                           f"({exc.strerror or exc})") from exc
     log.info("indexing %s into %s", bids_dir, target)
-    BIDSLayout(bids_dir, validate=False, indexer=_indexer(), database_path=building)
+    BIDSLayout(bids_dir, validate=False, indexer=_indexer(bids_dir), database_path=building)
     try:
         os.rename(building, target)
     except OSError:  # another job finished first: use its index
@@ -201,6 +212,32 @@ def _filter_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_filter_value(v) for v in value]
     return value
+
+
+def check_filter_entities(layout, filters: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Every key of the filter file must be an entity pybids knows (64 otherwise, naming the
+    key and the closest entity), instead of pybids' error from deep inside the query."""
+    known = set(layout.get_entities())
+    for role, entities in (filters or {}).items():
+        for key in entities:
+            if key not in known and key not in ("subject", "session"):
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else \
+                    f"; known entities: {', '.join(sorted(known))}"
+                raise UsageError(f"--bids-filter-file: {key!r} in the {role} filter is not a "
+                                 f"BIDS entity{hint}")
+
+
+def check_filters_select(filters: Mapping[str, Mapping[str, Any]] | None,
+                         found: Mapping[Unit, tuple[dict[str, Path | None], dict]]) -> None:
+    """A role filtered by the filter file must match a file of some selected unit (18
+    otherwise, quoting the filter): a filter that selects nothing is a mistake, not a dataset
+    whose participants all lack the image."""
+    for role, entities in (filters or {}).items():
+        if not any(paths[role] for paths, _ in found.values()):
+            raise NothingSelectedError(f"--bids-filter-file: the {role} filter "
+                                       f"{json.dumps(entities)} selects no file of the "
+                                       f"selected participants/sessions")
 
 
 def role_queries(filters: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict]:
@@ -405,8 +442,11 @@ def find_inputs(layout, participant_labels: Sequence[str] = (),
         if not root.is_dir():
             raise MissingInputError(f"--derivatives {name}={root}: no such folder")
     units = select_units(Path(layout.root), participant_labels, session_labels)
+    check_filter_entities(layout, filters)
+    found = find_raw_inputs(layout, units, queries)
+    check_filters_select(filters, found)
     inputs = []
-    for unit, (paths, choices) in find_raw_inputs(layout, units, queries).items():
+    for unit, (paths, choices) in found.items():
         extra = find_derivatives(derivatives or {}, unit)
         for kind, match in extra.items():
             choices[kind] = match.note

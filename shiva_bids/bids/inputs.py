@@ -11,6 +11,12 @@ MODALITY_TO_ROLE: dict[str, str] = {"t1": "t1w", "flair": "flair", "swi": "swi",
                                     "t2": "t2w"}
 
 
+def input_roles(channels: set[str], img1_role: str = "t1w") -> set[str]:
+    """The input roles that model channels read: the main image (`img1_role`: the T1w, or the
+    T2w when it replaces the T1w) and the image of every other channel."""
+    return {img1_role} | {MODALITY_TO_ROLE[c] for c in channels if c != "t1"}
+
+
 def unit_id(subject: str, session: str | None) -> str:
     """`sub-X[_ses-Y]`: the name of a unit in logs, reports and crash files."""
     return f"sub-{subject}" + (f"_ses-{session}" if session else "")

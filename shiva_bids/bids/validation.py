@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from shiva_bids.bids.access import check_readable
 from shiva_bids.bids.annex import tolerate_unfetched
 from shiva_bids.errors import InvalidBIDSError, MissingInputError
 
@@ -162,6 +163,25 @@ def tolerate_swi(report: ValidationReport) -> ValidationReport:
     return replace(report, errors=tuple(kept))
 
 
+def description_problem(path: Path) -> str:
+    """What is wrong with a raw dataset's `dataset_description.json` ('' when nothing): empty,
+    not JSON, without `Name`/`BIDSVersion`. Raises MissingInputError (66) when it cannot be
+    read or is not a JSON object (pybids, which reads it, would stop on either)."""
+    check_readable(path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        return "empty file"
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON (line {exc.lineno}: {exc.msg})"
+    if not isinstance(payload, dict):
+        raise MissingInputError(f"{path}: not a BIDS dataset description (a JSON "
+                                f"{type(payload).__name__}, not an object)")
+    missing = [key for key in ("Name", "BIDSVersion") if not payload.get(key)]
+    return f"lacks the required {' and '.join(missing)}" if missing else ""
+
+
 def validate_input(bids_dir: Path, skip: bool = False, cache_dir: Path | None = None) -> None:
     """Validate the input dataset before any work (BIDS_APPS.md §1.2: failures exit 16).
 
@@ -172,12 +192,17 @@ def validate_input(bids_dir: Path, skip: bool = False, cache_dir: Path | None = 
     If the validator cannot run, a warning says validation was skipped and why, and the run
     goes on.
     """
-    if not (bids_dir / "dataset_description.json").is_file():
+    description = bids_dir / "dataset_description.json"
+    if not description.is_file():
         message = (f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json")
         if skip:
             raise MissingInputError(message)
         raise InvalidBIDSError(message)
     if skip:
+        problem = description_problem(description)
+        if problem:
+            log.warning("%s: %s; continuing without validation (--skip-bids-validation)",
+                        description, problem)
         log.info("BIDS validation skipped (--skip-bids-validation)")
         return
     try:

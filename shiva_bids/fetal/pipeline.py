@@ -38,7 +38,8 @@ from shiva_bids.bids.discovery import discover_inputs
 from shiva_bids.bids.validation import validate_input
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import (BadInputError, ExitCode, MissingInputError,
-                               NothingSelectedError, ShivaError, UsageError)
+                               NothingSelectedError, UsageError, combined_exit_code,
+                               exit_class)
 from shiva_bids.fetal import checkpoint as ckpt
 from shiva_bids.fetal.inference import (Predictor, Segmentation, batch_size_for_memory,
                                         segment_volume, set_threads, zscore)
@@ -304,8 +305,9 @@ def run_fetal_participant(config: RunConfig) -> ExitCode:
     """`participant` level with `--pipeline fetal-cgm`: every selected T2w, both stages.
 
     A failing T2w is logged with one line and a crash file; the others go on (unless
-    --stop-on-first-crash). Returns OK, the failures' common exit code, FAILURE when they
-    differ, or NO_INPUT (66) when some selected participant/session has no T2w.
+    --stop-on-first-crash). Returns the participant level's rule
+    (shiva_bids.errors.combined_exit_code) over the failures' classes and NO_INPUT (66) for
+    a selected participant/session without a T2w.
     """
     _prepare_output(config)
     validate_input(config.bids_dir, skip=config.skip_bids_validation,
@@ -314,8 +316,9 @@ def run_fetal_participant(config: RunConfig) -> ExitCode:
     todo = [u for u in units if config.force or not stats_path(config.output_dir, u).is_file()]
     log.info("fetal-cgm: %d T2w selected, %d to do", len(units), len(todo))
     check_fetched([u.t2w for u in todo], config.bids_dir, config.work_dir)
+    missing_code = [ExitCode.NO_INPUT] if missing else []
     if not todo:
-        return ExitCode.NO_INPUT if missing else ExitCode.OK
+        return combined_exit_code(missing_code)
     set_threads(config.inference_threads)
     nets, models = load_networks(config.models_dir, verify=not config.skip_model_checksum)
     batch = batch_size_for_memory(config.mem_gb)
@@ -330,8 +333,7 @@ def run_fetal_participant(config: RunConfig) -> ExitCode:
             log.info("%s: brain %.1f mL, CGM %.1f mL", unit.unit_id,
                      stats["brain_volume_mm3"] / 1000, stats["cgm_volume_mm3"] / 1000)
         except Exception as exc:  # one unit's failure must not stop the others
-            code = exc.exit_code if isinstance(exc, ShivaError) else ExitCode.FAILURE
-            failures.append(code)
+            failures.append(exit_class(exc))
             log.error("%s: %s", unit.unit_id, exc)
             atomic_write_text(config.logs_dir / f"crash-{unit.unit_id}.txt",
                               traceback.format_exc())
@@ -339,9 +341,7 @@ def run_fetal_participant(config: RunConfig) -> ExitCode:
                 break
         finally:
             remove_file_log(handler)
-    if not failures:
-        return ExitCode.NO_INPUT if missing else ExitCode.OK
-    return failures[0] if len(set(failures)) == 1 else ExitCode.FAILURE
+    return combined_exit_code(failures + missing_code)
 
 
 def fetal_group_rows(output_dir: Path) -> list[dict]:

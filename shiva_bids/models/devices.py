@@ -10,9 +10,20 @@ from __future__ import annotations
 import logging
 
 from shiva_bids.errors import UsageError
+from shiva_bids.log import native_output_to_log
 
 log = logging.getLogger(__name__)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+
+
+def import_tensorflow():
+    """TensorFlow, its native start-up lines (oneDNN notes, "failed call to cuInit" where no
+    GPU is present) sent to the debug log rather than the console (shiva_bids.log)."""
+    with native_output_to_log("tensorflow"):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # CUDA is initialised, or fails to be, here
+    return tf
 
 
 def configure_device(device: str = "auto", threads: int = 1) -> str:
@@ -22,8 +33,7 @@ def configure_device(device: str = "auto", threads: int = 1) -> str:
     """
     if device not in DEVICES:
         raise UsageError(f"--device {device!r}: choose from {', '.join(DEVICES)}")
-    import tensorflow as tf
-
+    tf = import_tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
         raise UsageError("--device gpu: TensorFlow sees no GPU (check the driver, "

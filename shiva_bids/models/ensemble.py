@@ -124,8 +124,8 @@ class EnsemblePredictor:
         self.tta = tta
         self.mem_gb = mem_gb
         self.threads = threads
+        self.md5 = verify_model_files(descriptor, skip=not verify_checksums)  # before TF loads
         self.device = configure_device(device, threads)
-        self.md5 = verify_model_files(descriptor, skip=not verify_checksums)
         self.checksums_verified = verify_checksums
         self._first: LoadedModel | None = None  # fold 0 kept from the probe until predict
         self._meta: tuple[tuple[int | None, ...], int, str] | None = None

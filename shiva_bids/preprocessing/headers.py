@@ -18,11 +18,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from shiva_bids.errors import BadInputError, MissingInputError
+from shiva_bids.bids.access import check_readable
+from shiva_bids.errors import BadInputError
 from shiva_bids.volume import Volume
 
 log = logging.getLogger(__name__)
 
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI1_HEADER_BYTES = 348  # the smallest NIfTI header (NIfTI-2's is 540)
 # reference/SHIVA.md §5.1: below this deviation the affine is left alone ...
 ORTHO_TOLERANCE = 5e-5
 # ... below this it is orthogonalised (polar decomposition), above it rebuilt axis-aligned.
@@ -56,20 +59,36 @@ class LoadedImage:
         return self.volume.zooms
 
 
-def load_image(path: Path | str, check_skull: bool = False) -> LoadedImage:
-    """Read a NIfTI file, check it, and return its float32 data with the affine to use.
+def open_image(path: Path | str) -> nib.Nifti1Image:
+    """Open a NIfTI file and check what its header alone tells, without reading the voxels.
 
-    Raises MissingInputError when the file is absent and BadInputError (exit 65) with one line
-    naming the file for: non-NIfTI content, truncated/corrupt gzip, true 4D or < 3D data,
-    all-zero or constant images. Warns (in `warnings` and the log) on sform/qform mismatch,
-    NaN/Inf replaced by 0, anisotropy > 3:1, affine repairs and, with `check_skull`, images that
-    look skull-stripped (SHIVA PVS models under-segment those, reference/SHIVA.md §15 #28).
+    Raises MissingInputError (66) when the file is absent, a broken link or unreadable
+    (shiva_bids.bids.access), and BadInputError (65) naming the file for: an empty file,
+    non-NIfTI content, a true 4D or < 3D image, an affine that is singular or not finite.
+    Cheap (a few hundred bytes are read), so every input of a unit can be checked before any
+    model is loaded (shiva_bids.preflight).
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path}: file not found")
-    warnings: list[str] = []
+    check_readable(path)
     img = _open(path)
+    _check_shape(path, img.shape)
+    _usable_affine(path, img)
+    return img
+
+
+def load_image(path: Path | str, check_skull: bool = False,
+               log_warnings: bool = True) -> LoadedImage:
+    """Read a NIfTI file, check it, and return its float32 data with the affine to use.
+
+    Raises what :func:`open_image` raises, and BadInputError (exit 65) with one line naming
+    the file for truncated/corrupt data and all-zero or constant images. Warns (in `warnings`
+    and, with `log_warnings`, the log) on sform/qform mismatch, NaN/Inf replaced by 0,
+    anisotropy > 3:1, affine repairs and, with `check_skull`, images that look skull-stripped
+    (SHIVA PVS models under-segment those, reference/SHIVA.md §15 #28).
+    """
+    path = Path(path)
+    warnings: list[str] = []
+    img = open_image(path)
     header_affine, source, mismatch = choose_affine(img)
     if mismatch:
         warnings.append(f"{path.name}: sform and qform disagree; using the {source}")
@@ -79,6 +98,8 @@ def load_image(path: Path | str, check_skull: bool = False) -> LoadedImage:
     data = _read_data(path, img)
     data = _squeeze_to_3d(path, data)
     data, n_bad = _replace_non_finite(data)
+    if n_bad == data.size:
+        raise BadInputError(f"{path}: every voxel is NaN or Inf")
     if n_bad:
         warnings.append(f"{path.name}: {n_bad} NaN/Inf voxels set to 0")
     _reject_constant(path, data)
@@ -96,17 +117,37 @@ def load_image(path: Path | str, check_skull: bool = False) -> LoadedImage:
     if check_skull and looks_skull_stripped(volume):
         warnings.append(f"{path.name}: looks skull-stripped; SHIVA models were trained on "
                         "images with skull and may under-segment (use --premasked if intended)")
-    for message in warnings:
+    for message in warnings if log_warnings else ():
         log.warning(message)
     return LoadedImage(path, volume, header_affine, source, correction, mismatch,
                        tuple(warnings))
 
 
 def _open(path: Path) -> nib.Nifti1Image:
+    """nibabel's image, after a look at the first bytes so that the message says what is
+    wrong (empty, not gzip, truncated, no NIfTI header) rather than nibabel's wording."""
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    if not magic:
+        raise BadInputError(f"{path}: empty file (0 bytes)")
+    compressed = path.name.endswith(".gz")
+    if compressed and magic != GZIP_MAGIC:
+        raise BadInputError(f"{path}: named .gz but not gzip-compressed (an uncompressed "
+                            "image must be named .nii)")
+    try:
+        with (gzip.open(path) if compressed else open(path, "rb")) as stream:
+            head = stream.read(NIFTI1_HEADER_BYTES)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise BadInputError(f"{path}: the compressed data are truncated or corrupt within "
+                            f"the header ({_short(exc, path)})") from exc
+    if len(head) < NIFTI1_HEADER_BYTES:
+        raise BadInputError(f"{path}: truncated or not NIfTI: it ends after {len(head)} "
+                            f"bytes, inside the {NIFTI1_HEADER_BYTES}-byte NIfTI header")
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises several types for non-NIfTI content
-        raise BadInputError(f"{path}: not a readable NIfTI image ({_short(exc)})") from exc
+        raise BadInputError(f"{path}: not a NIfTI image (no NIfTI-1 or NIfTI-2 header: "
+                            f"{_short(exc, path)})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise BadInputError(f"{path}: not a NIfTI image ({type(img).__name__})")
     return img
@@ -117,11 +158,14 @@ def _read_data(path: Path, img: nib.Nifti1Image) -> np.ndarray:
         return np.asarray(img.dataobj, dtype=np.float32)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         raise BadInputError(f"{path}: image data cannot be read, the file is truncated or "
-                            f"corrupt ({_short(exc)})") from exc
+                            f"corrupt ({_short(exc, path)})") from exc
 
 
-def _short(exc: Exception) -> str:
+def _short(exc: Exception, path: Path | None = None) -> str:
+    """The first line of an error message, without the file's path (already said)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if path is not None:
+        text = text.replace(f"'{path}'", "the file").replace(str(path), "the file")
     return text[:120]
 
 
@@ -142,18 +186,34 @@ def choose_affine(img: nib.Nifti1Image) -> tuple[np.ndarray, str, bool]:
     return np.asarray(header.get_base_affine(), dtype=float), "none", mismatch
 
 
+def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
+    """One 3D volume: trailing singleton dimensions are fine, a 4D series or a 2D slice not."""
+    if len(shape) > 3 and int(np.prod(shape[3:])) != 1:
+        raise BadInputError(f"{path}: 4D image with shape {tuple(shape)}; a single 3D volume "
+                            "is expected")
+    if len(shape) < 3:
+        raise BadInputError(f"{path}: {len(shape)}D image; a 3D volume is expected")
+    if min(shape[:3]) < 2:
+        raise BadInputError(f"{path}: image shape {tuple(shape)} is not a 3D volume")
+
+
 def _squeeze_to_3d(path: Path, data: np.ndarray) -> np.ndarray:
-    if data.ndim > 3:
-        extra = data.shape[3:]
-        if int(np.prod(extra)) != 1:
-            raise BadInputError(f"{path}: 4D image with shape {data.shape}; a single 3D volume "
-                                "is expected")
-        data = data.reshape(data.shape[:3])
-    if data.ndim != 3:
-        raise BadInputError(f"{path}: {data.ndim}D image; a 3D volume is expected")
-    if min(data.shape) < 2:
-        raise BadInputError(f"{path}: image shape {data.shape} is not a 3D volume")
-    return data
+    _check_shape(path, data.shape)
+    return data.reshape(data.shape[:3])
+
+
+def _usable_affine(path: Path, img: nib.Nifti1Image) -> None:
+    """The affine the pipeline will use must map voxels to space: finite and invertible
+    (a zero voxel size or a NaN in the header has no orientation to resample from)."""
+    affine, source, _ = choose_affine(img)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    usable = bool(np.isfinite(affine).all() and zooms.min() > 0
+                  and abs(np.linalg.det(affine[:3, :3] / zooms)) > 1e-6)
+    if not usable:
+        name = "voxel-size-only" if source == "none" else source
+        raise BadInputError(f"{path}: the {name} affine is singular or not finite (voxel "
+                            f"sizes {np.round(zooms, 3).tolist()} mm); the image has no usable "
+                            "orientation")
 
 
 def _replace_non_finite(data: np.ndarray) -> tuple[np.ndarray, int]:

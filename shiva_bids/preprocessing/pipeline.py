@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from shiva_bids.bids.derivatives import derivative_name
-from shiva_bids.bids.inputs import InputSet
+from shiva_bids.bids.inputs import InputSet, input_roles
 from shiva_bids.errors import MissingInputError, UsageError
 from shiva_bids.io import atomic_save_nifti, atomic_write_json
 from shiva_bids.markers import SHIVA_MODEL_SHAPE
@@ -178,11 +178,11 @@ def preprocess_unit(inputs: InputSet, needs: set[str], opts: PreprocOptions,
 
 def check_inputs(inputs: InputSet, needs: set[str], img1_role: str) -> None:
     """Read every image the unit needs before any costly step, so that a corrupt or unusable
-    file fails the unit at once (one line naming it) instead of after the T1w work."""
-    roles = {img1_role} | {CHANNEL_INFO[c][1] for c in needs if c != "t1"}
-    for role in sorted(roles):
+    file fails the unit at once (one line naming it) instead of after the T1w work. Header
+    warnings are logged once, when the image is loaded for use."""
+    for role in sorted(input_roles(needs, img1_role)):
         if inputs.has(role):
-            load_image(inputs.image(role))
+            load_image(inputs.image(role), log_warnings=False)
 
 
 # --- T1w space -------------------------------------------------------------------------------

@@ -94,9 +94,10 @@ def _number(value) -> str:
         else f"{value:.1f}"
 
 
-def render_group_report(output_dir: Path, rows: Sequence[dict], failed: dict[str, Path],
-                        incomplete: Sequence[str], min_units_for_iqr: int) -> Path:
-    """Write `output_dir/group_report.html` from the group rows (with `qc_flags`)."""
+def render_group_report(output_dir: Path, rows: Sequence[dict], statuses: Sequence,
+                        min_units_for_iqr: int) -> Path:
+    """Write `output_dir/group_report.html` from the complete units' rows (with `qc_flags`)
+    and every expected unit's status (shiva_bids.unit_status.UnitStatus)."""
     ordered = sorted(rows, key=lambda r: (not r.get("qc_flags"), r["participant_id"],
                                           r["session_id"]))
     markers = [m for m in MARKER_NAMES if any(r.get(f"{m}_status") == "done" for r in rows)]
@@ -107,8 +108,8 @@ def render_group_report(output_dir: Path, rows: Sequence[dict], failed: dict[str
     page = environment().get_template("group.html").render(
         css=stylesheet(), version=__version__, rows=[_display_row(r) for r in ordered],
         markers=markers, figures=figures,
-        failed={k: str(v.relative_to(output_dir)) for k, v in failed.items()},
-        incomplete=list(incomplete), n_flagged=sum(bool(r.get("qc_flags")) for r in rows),
+        not_complete=[s for s in statuses if s.status != "complete"],
+        n_units=len(statuses), n_flagged=sum(bool(r.get("qc_flags")) for r in rows),
         region_sources=sorted(sources),
         atlas_based=any(source.startswith("atlas:") for source in sources),
         demo=any(r.get("demo_models") for r in rows), min_iqr=min_units_for_iqr)
