@@ -216,13 +216,13 @@ def run_participant_level(config: RunConfig) -> ExitCode:
         return run_fetal_participant(config)
     check_bids_dir(config.bids_dir)
     ensure_writable_dir(config.output_dir, "output_dir")
-    ensure_writable_dir(config.logs_dir, "the logs folder")
     ensure_writable_dir(config.work_dir, "--work-dir")
     validate_input(config.bids_dir, skip=config.skip_bids_validation,
                    cache_dir=config.work_dir / "deno-cache")
     units = discover_inputs(config)
     log.info("%d participant/session unit(s) selected", len(units))
     check_units_fetched(units_to_read(units, config), config.bids_dir, config.work_dir)
+    ensure_writable_dir(config.logs_dir, "the logs folder")
     prepare_output(config)
     runnable, results = split_runnable(units, config)
     if runnable and config.reports_only:

@@ -88,7 +88,10 @@ def load_descriptors(config: RunConfig) -> ModelScan:
         raise UsageError(NO_MODELS_MESSAGE)
     if config.models_dir is None:
         return ModelScan(Path(), (), ())
-    return scan_models_dir(config.models_dir)
+    scan = scan_models_dir(config.models_dir)
+    if not config.model_overrides:
+        scan.require_usable()
+    return scan
 
 
 def plan_units(config: RunConfig, units: Sequence[InputSet], scan: ModelScan) -> list[UnitPlan]:

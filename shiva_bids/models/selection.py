@@ -42,6 +42,13 @@ class ModelScan:
     descriptors: tuple[ModelDescriptor, ...]
     broken: tuple[BrokenDescriptor, ...]
 
+    def require_usable(self) -> None:
+        """Raise BadInputError (65) naming every broken file when no descriptor is usable
+        (a folder of broken descriptors only is bad input, not a missing model)."""
+        if not self.descriptors:
+            raise BadInputError(f"--models-dir {self.models_dir}: no usable model descriptor: "
+                                + "; ".join(str(b.error) for b in self.broken))
+
 
 def scan_models_dir(models_dir: Path) -> ModelScan:
     """Read every `model_info*.json` under `models_dir` (recursive, sorted by path).
@@ -68,9 +75,7 @@ def discover_descriptors(models_dir: Path) -> list[ModelDescriptor]:
     Raises BadInputError (65) naming every broken file when none is usable.
     """
     scan = scan_models_dir(models_dir)
-    if not scan.descriptors:
-        raise BadInputError(f"--models-dir {models_dir}: no usable model descriptor: "
-                            + "; ".join(str(b.error) for b in scan.broken))
+    scan.require_usable()
     return list(scan.descriptors)
 
 
@@ -215,6 +220,9 @@ def choose_models(descriptors: Sequence[ModelDescriptor], markers: Sequence[str]
             candidates: list[ReleaseFacts] = [forced]
         else:
             candidates = [d for d in [*descriptors, *broken] if d.target == marker]
+            if not any(isinstance(d, ModelDescriptor) for d in candidates):
+                # a descriptor too broken to name its target may be this marker's model
+                candidates += [d for d in broken if d.target is None]
         choice = choose_marker(marker, candidates, available)
         if marker in overrides and choice.descriptor is not None:
             choice = MarkerChoice(marker, choice.descriptor,
