@@ -14,8 +14,9 @@ import shutil
 import statistics
 from pathlib import Path
 
-from shiva_bids.group import GROUP_FOLDER, collect_units
+from shiva_bids.group import GROUP_FOLDER
 from shiva_bids.markers import MARKER_NAMES
+from shiva_bids.unit_status import COMPLETE, collect_statuses
 from shiva_brainlife.inputs import ConfigError
 
 GROUP_FILES = ("shiva_group.tsv", "shiva_group.json", "shiva_clusters.tsv")
@@ -73,10 +74,12 @@ def _numbers(rows: list[dict], column: str) -> list[float]:
 
 
 def group_product(merged: Path, warnings: list[str]) -> dict:
-    """Messages and per-marker figures of the group table."""
+    """Messages and per-marker figures of the group table (its rows of complete units) and
+    the units that are not complete, with their status."""
     with open(merged / GROUP_FOLDER / "shiva_group.tsv", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    found = collect_units(merged)
+        rows = [r for r in csv.DictReader(handle, delimiter="\t")
+                if r.get("status", COMPLETE) == COMPLETE]
+    found = collect_statuses(merged, merged / "no-bids")
     markers = {}
     for name in MARKER_NAMES:
         counts = _numbers(rows, f"{name}_n_clusters")
@@ -94,10 +97,10 @@ def group_product(merged: Path, warnings: list[str]) -> dict:
     if flagged:
         entries.append({"type": "warning", "msg": f"QC flags ({len(flagged)}): "
                         + "; ".join(flagged[:MAX_LISTED])})
-    for kind, units in (("failed", list(found.failed)), ("incomplete", found.incomplete)):
-        if units:
-            entries.append({"type": "warning", "msg": f"{len(units)} {kind} unit(s): "
-                            + ", ".join(units[:MAX_LISTED])})
+    not_complete = [f"{s.unit_id} ({s.status})" for s in found.statuses if s.status != COMPLETE]
+    if not_complete:
+        entries.append({"type": "warning", "msg": f"{len(not_complete)} unit(s) not complete: "
+                        + ", ".join(not_complete[:MAX_LISTED])})
     entries += [{"type": "warning", "msg": text} for text in warnings]
     return {"brainlife": entries, "shiva_bids_group": {"units": len(rows), "markers": markers}}
 

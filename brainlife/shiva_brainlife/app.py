@@ -85,7 +85,7 @@ def run_aggregator(config: dict, task: Path) -> int:
     warnings = aggregate.merge_outputs(folders, merged)
     code = cli.main([str(task / SCRATCH / "no-bids"), str(merged), "group", "-w",
                      str(task / SCRATCH / "work")])
-    if code != 0:
+    if code not in (0, 66):  # 66: the table is written; some units are not complete
         return code
     aggregate.copy_group_outputs(merged, task / "group")
     product.write_product(aggregate.group_product(merged, warnings), task / "product.json")
