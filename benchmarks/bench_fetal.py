@@ -44,12 +44,12 @@ def main() -> int:
     parser.add_argument("--slab", type=int, default=30, help="slab thickness along c")
     args = parser.parse_args()
 
-    from shiva_bids.fetal.inference import (batch_size_for_memory, segment_volume,
+    from shiva_bids.pipelines.fetal.inference import (batch_size_for_memory, segment_volume,
                                             segments_count, set_threads, tiles, pad_widths,
                                             zscore)
     set_threads(args.threads)
-    from shiva_bids.fetal.network import DeepMedicNet
-    from shiva_bids.fetal.synthetic import random_weights, write_checkpoint
+    from shiva_bids.pipelines.fetal.network import DeepMedicNet
+    from shiva_bids.pipelines.fetal.synthetic import random_weights, write_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         net = DeepMedicNet().load(write_checkpoint(Path(tmp) / "bdn.model.ckpt",

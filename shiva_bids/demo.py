@@ -9,7 +9,7 @@
 
 The demo models (shiva_bids/data/demo_models, docs/demo.md) were trained on phantoms only and
 are NOT for research. Real runs never fall back to them: without `--models-dir` a run stops
-with :data:`NO_MODELS_MESSAGE`.
+with `shiva_bids.models.selection.NO_MODELS_MESSAGE`.
 """
 from __future__ import annotations
 
@@ -22,14 +22,6 @@ from shiva_bids.errors import OutputError, UsageError
 from shiva_bids.io import atomic_write_text
 
 DEMO_MODELS_DIR = Path(__file__).resolve().parent / "data" / "demo_models"
-
-NO_MODELS_MESSAGE = (
-    "no --models-dir given: shiva-bids needs the SHIVA model files (the model_info*.json "
-    "descriptors and their fold files), which are not bundled. Download them once from the "
-    "SHIVA model repositories (https://github.com/pboutinaud/SHIVA_PVS, SHIVA_WMH, SHIVA_CMB, "
-    "SHIVA_LAC; licence CC BY-NC-SA 4.0), unzip them into one folder and pass "
-    "--models-dir FOLDER. To try shiva-bids without them, run `shiva-bids demo OUT` "
-    "(demo models trained on synthetic phantoms, not for research).")
 
 DEMO_PARTICIPANTS = 3
 DEMO_LOADS = ("severe", "mild", "severe")  # participant 1 (2 sessions), 2, 3

@@ -271,7 +271,7 @@ def run_group_level(config: RunConfig) -> ExitCode:
     if config.pipeline == "fetal-cgm":
         from shiva_bids.models.devices import import_tensorflow
         import_tensorflow()  # quietly, before the fetal modules import it
-        from shiva_bids.fetal.pipeline import run_fetal_group
+        from shiva_bids.pipelines.fetal.pipeline import run_fetal_group
         return run_fetal_group(config)
     output_dir = config.output_dir
     if not output_dir.is_dir():

@@ -3,14 +3,14 @@
 A unit is one participant, or one participant x session (DESIGN.md "Data flow"). This module
 owns what happens around a unit (checks, the dataset-level files, the per-unit log file,
 skipping units that lack a required image, the exit code); the pipelines themselves
-(shiva_bids.pipeline, shiva_bids.fetal) run the units.
+(shiva_bids.pipelines.shiva, shiva_bids.pipelines.fetal) run the units.
 
 Exit codes (reference/BIDS_APPS.md §1.2, also in docs/usage.md):
 
 * before any unit runs: 66 `bids_dir` missing or unreadable, not a BIDS dataset with
   `--skip-bids-validation`, or annexed files of the selected units not fetched (DataLad
-  clones; shiva_bids.bids.annex, checked before anything is written to output_dir); 16 not a BIDS dataset / validator errors; 18 labels or filters
-  select nothing; 64 usage errors; 73 output or work folder not creatable or writable;
+  clones; shiva_bids.bids.annex, checked before anything is written to output_dir);
+  16 not a BIDS dataset / validator errors; 18 labels or filters select nothing; 64 usage errors; 73 output or work folder not creatable or writable;
 * after the units ran: 0 when every selected unit is complete; otherwise the class shared by
   every unit that is not (shiva_bids.errors.combined_exit_code): 65 bad input data, 66 input
   missing or unreadable (a unit without its T1w is skipped with a logged reason: "the input
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -33,15 +32,15 @@ from shiva_bids.bids.derivatives import (NON_BIDS_PATTERNS, DatasetInfo, ensure_
 from shiva_bids.bids.discovery import discover_inputs
 from shiva_bids.bids.inputs import InputSet
 from shiva_bids.bids.validation import validate_input
+from shiva_bids.checks import check_bids_dir, ensure_writable_dir, required_roles
 from shiva_bids.config import RunConfig
-from shiva_bids.errors import (ExitCode, MissingInputError, OutputError, ShivaError,
+from shiva_bids.errors import (ExitCode, MissingInputError, ShivaError,
                                combined_exit_code, exit_class)
 from shiva_bids.io import atomic_write_text
 from shiva_bids.log import unit_log
 
 log = logging.getLogger(__name__)
 
-WRITE_PROBE_BYTES = 64 * 1024  # written (then deleted) to check an output folder
 # Unit outcomes.
 DONE, PLANNED, SKIPPED, FAILED = "done", "planned", "skipped", "failed"
 
@@ -55,40 +54,6 @@ class UnitResult:
     status: str
     reason: str = ""
     exit_code: ExitCode = ExitCode.OK
-
-
-def required_roles(config: RunConfig) -> tuple[str, ...]:
-    """Images a unit cannot run without: the T1w, or the T2w when it replaces the T1w
-    (`--replace-t1 t2`) or for the fetal pipeline (T2w only)."""
-    if config.pipeline == "fetal-cgm" or config.replace_t1 == "t2":
-        return ("t2w",)
-    return ("t1w",)
-
-
-def check_bids_dir(bids_dir: Path) -> None:
-    """The input folder must exist and be readable (66)."""
-    if not bids_dir.exists():
-        raise MissingInputError(f"bids_dir {bids_dir}: no such folder")
-    if not bids_dir.is_dir():
-        raise MissingInputError(f"bids_dir {bids_dir}: not a folder")
-    try:
-        next(bids_dir.iterdir(), None)
-    except OSError as exc:
-        raise MissingInputError(f"bids_dir {bids_dir}: cannot be read ({exc.strerror})") \
-            from exc
-
-
-def ensure_writable_dir(path: Path, what: str) -> None:
-    """Create `path` if needed and check that a file can be written in it, with some data so
-    that a full disk is found now (73) rather than half-way through a unit."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path) as probe:
-            probe.write(bytes(WRITE_PROBE_BYTES))
-            probe.flush()
-    except OSError as exc:
-        raise OutputError(f"{what} {path}: cannot be created or written "
-                          f"({exc.strerror or exc})") from exc
 
 
 def prepare_output(config: RunConfig) -> None:
@@ -193,7 +158,7 @@ def stopping_on_crash(config: RunConfig) -> Iterator[None]:
 
 def run_units(units: list[InputSet], config: RunConfig) -> list[UnitResult]:
     """Run the SHIVA pipeline on the units; map its outcomes to unit results."""
-    from shiva_bids.pipeline import run_shiva_units
+    from shiva_bids.pipelines.shiva import run_shiva_units
     with stopping_on_crash(config):
         outcome = run_shiva_units(config, units)
     return [UnitResult(o.unit_id, FAILED, o.message, o.exit_code or ExitCode.FAILURE)
@@ -212,7 +177,7 @@ def run_participant_level(config: RunConfig) -> ExitCode:
     if config.pipeline == "fetal-cgm":
         from shiva_bids.models.devices import import_tensorflow
         import_tensorflow()  # quietly, before the fetal modules import it
-        from shiva_bids.fetal.pipeline import run_fetal_participant
+        from shiva_bids.pipelines.fetal.pipeline import run_fetal_participant
         return run_fetal_participant(config)
     check_bids_dir(config.bids_dir)
     ensure_writable_dir(config.output_dir, "output_dir")

@@ -18,7 +18,7 @@ from shiva_bids.bids.inputs import input_roles
 from shiva_bids.config import RunConfig
 from shiva_bids.errors import ShivaError
 from shiva_bids.log import unit_log
-from shiva_bids.participant import required_roles
+from shiva_bids.checks import required_roles
 from shiva_bids.preprocessing.headers import open_image
 from shiva_bids.runner import RunOutcome, record_failure
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shiva_bids.demo import DEMO_MODELS_DIR, NO_MODELS_MESSAGE
+from shiva_bids.demo import DEMO_MODELS_DIR
+from shiva_bids.models.selection import NO_MODELS_MESSAGE
 from shiva_bids.markers import MARKER_NAMES, MARKERS
 from shiva_bids.models import discover_descriptors, load_descriptor, verify_model_files
 

@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from shiva_bids.errors import BadInputError, MissingInputError  # noqa: E402
-from shiva_bids.fetal import checkpoint as ckpt  # noqa: E402
-from shiva_bids.fetal.network import DeepMedicNet  # noqa: E402
-from shiva_bids.fetal.synthetic import random_weights, write_checkpoint  # noqa: E402
+from shiva_bids.pipelines.fetal import checkpoint as ckpt  # noqa: E402
+from shiva_bids.pipelines.fetal.network import DeepMedicNet  # noqa: E402
+from shiva_bids.pipelines.fetal.synthetic import random_weights, write_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shiva_bids.fetal.inference import (pad_widths, segment_volume, segments_count,
+from shiva_bids.pipelines.fetal.inference import (pad_widths, segment_volume, segments_count,
                                         subsampled_segment, tile_starts, tiles, zscore)
 
 

@@ -9,9 +9,9 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from shiva_bids.fetal import checkpoint as ckpt  # noqa: E402
-from shiva_bids.fetal.network import DeepMedicNet, check_layout  # noqa: E402
-from shiva_bids.fetal.synthetic import random_weights, write_checkpoint  # noqa: E402
+from shiva_bids.pipelines.fetal import checkpoint as ckpt  # noqa: E402
+from shiva_bids.pipelines.fetal.network import DeepMedicNet, check_layout  # noqa: E402
+from shiva_bids.pipelines.fetal.synthetic import random_weights, write_checkpoint  # noqa: E402
 
 # Bessel counts N of §4.1, in the order of the BN index j = 0..23.
 BESSEL_N = [60835, 46305, 34295, 24565, 16875, 10985, 6655,

@@ -14,8 +14,8 @@ pytest.importorskip("tensorflow")
 
 from shiva_bids.cli import main  # noqa: E402
 from shiva_bids.errors import BadInputError  # noqa: E402
-from shiva_bids.fetal.pipeline import fetal_group_rows, load_t2w, segment_fetal  # noqa: E402
-from shiva_bids.fetal.synthetic import random_weights, write_checkpoint  # noqa: E402
+from shiva_bids.pipelines.fetal.pipeline import fetal_group_rows, load_t2w, segment_fetal  # noqa: E402
+from shiva_bids.pipelines.fetal.synthetic import random_weights, write_checkpoint  # noqa: E402
 
 AFFINE = np.diag([0.8, 0.8, 0.8, 1.0])
 

@@ -33,6 +33,16 @@ from shiva_bids.models.descriptors import (DESCRIPTOR_GLOB, BrokenDescriptor, Mo
 
 log = logging.getLogger(__name__)
 
+# What a run without any model says (usage error, 64): where to get the SHIVA models, and
+# `shiva-bids demo` to try the tool without them.
+NO_MODELS_MESSAGE = (
+    "no --models-dir given: shiva-bids needs the SHIVA model files (the model_info*.json "
+    "descriptors and their fold files), which are not bundled. Download them once from the "
+    "SHIVA model repositories (https://github.com/pboutinaud/SHIVA_PVS, SHIVA_WMH, SHIVA_CMB, "
+    "SHIVA_LAC; licence CC BY-NC-SA 4.0), unzip them into one folder and pass "
+    "--models-dir FOLDER. To try shiva-bids without them, run `shiva-bids demo OUT` "
+    "(demo models trained on synthetic phantoms, not for research).")
+
 
 @dataclass(frozen=True)
 class ModelScan:

@@ -40,6 +40,7 @@ from shiva_bids.models import (
     scan_models_dir,
     warn_unused,
 )
+from shiva_bids.models.selection import NO_MODELS_MESSAGE
 from shiva_bids.preflight import check_unit_inputs
 from shiva_bids.progress import Progress
 from shiva_bids.reports.citation import methods_markdown, write_citation
@@ -84,7 +85,6 @@ class UnitPlan:
 def load_descriptors(config: RunConfig) -> ModelScan:
     """Every descriptor under `--models-dir`; a clear error when no model was given."""
     if config.models_dir is None and not config.model_overrides:
-        from shiva_bids.demo import NO_MODELS_MESSAGE
         raise UsageError(NO_MODELS_MESSAGE)
     if config.models_dir is None:
         return ModelScan(Path(), (), ())

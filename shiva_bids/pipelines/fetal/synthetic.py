@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shiva_bids.fetal.network import variable_shapes
+from shiva_bids.pipelines.fetal.network import variable_shapes
 
 
 def random_weights(seed: int = 0) -> dict[str, np.ndarray]:

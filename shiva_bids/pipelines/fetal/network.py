@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from shiva_bids.errors import BadInputError
-from shiva_bids.fetal import checkpoint as ckpt
+from shiva_bids.pipelines.fetal import checkpoint as ckpt
 
 PATHWAY_FMS: tuple[int, ...] = (30, 30, 40, 40, 40, 40, 50, 50)
 RESIDUAL_LAYERS: tuple[int, ...] = (4, 6, 8)  # 1-based, in each pathway

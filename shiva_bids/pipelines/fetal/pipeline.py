@@ -40,15 +40,15 @@ from shiva_bids.config import RunConfig
 from shiva_bids.errors import (BadInputError, ExitCode, MissingInputError,
                                NothingSelectedError, UsageError, combined_exit_code,
                                exit_class)
-from shiva_bids.fetal import checkpoint as ckpt
-from shiva_bids.fetal.inference import (Predictor, Segmentation, batch_size_for_memory,
+from shiva_bids.pipelines.fetal import checkpoint as ckpt
+from shiva_bids.pipelines.fetal.inference import (Predictor, Segmentation, batch_size_for_memory,
                                         segment_volume, set_threads, zscore)
-from shiva_bids.fetal.network import OUTPUT
-from shiva_bids.fetal.report import FetalReport, write_report
+from shiva_bids.pipelines.fetal.network import OUTPUT
+from shiva_bids.pipelines.fetal.report import FetalReport, write_report
 from shiva_bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
 from shiva_bids.log import add_file_log, remove_file_log
 from shiva_bids.models.checksums import md5_of_path
-from shiva_bids.participant import check_bids_dir, ensure_writable_dir
+from shiva_bids.checks import check_bids_dir, ensure_writable_dir
 from shiva_bids.preprocessing.brainmask import largest_component
 from shiva_bids.volume import Volume
 
@@ -128,7 +128,7 @@ def find_models(models_dir: Path | None) -> dict[str, Path]:
 
 def load_networks(models_dir: Path | None, verify: bool = True):
     """Check and load both checkpoints -> ({name: DeepMedicNet}, {name: FetalModel})."""
-    from shiva_bids.fetal.network import DeepMedicNet
+    from shiva_bids.pipelines.fetal.network import DeepMedicNet
 
     nets, models = {}, {}
     for name, prefix in find_models(models_dir).items():

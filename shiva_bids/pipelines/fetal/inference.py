@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shiva_bids.fetal.network import OUTPUT, RECEPTIVE_FIELD, SEGMENT, SUBSAMPLE_FACTORS, \
+from shiva_bids.pipelines.fetal.network import OUTPUT, RECEPTIVE_FIELD, SEGMENT, SUBSAMPLE_FACTORS, \
     subsampled_size
 
 log = logging.getLogger(__name__)
