@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 
 from annex_layout import annex_all, read_only
-from conftest import SHARED
 from fs_phantom import make_aparc_aseg
 from shiva_bids.cli import main
 from shiva_bids.models.testing import write_published_standins, write_tiny_model_folder
@@ -43,7 +42,7 @@ GRID = (112, 128, 112)
 # With the published descriptors at hand, the models folder holds every SHIVA release (all 15,
 # PVS v3 without md5s included) with tiny stand-in folds at the published names, unzipped side
 # by side as users do (issue 15); without them, one tiny demo model per marker.
-PUBLISHED = SHARED / "fixtures" / "shiva_model_info"
+PUBLISHED = REPO.parent / "shared" / "fixtures" / "shiva_model_info"
 STANDINS = PUBLISHED.is_dir()
 
 
