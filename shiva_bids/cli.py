@@ -283,8 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="participants/sessions preprocessed in parallel (default: CPU count); "
                           "inference, one process at a time, uses this many threads")
     run.add_argument("--omp-nthreads", "--omp_nthreads", type=_positive_int, default=None,
-                     metavar="N", help="threads per preprocessing process (default: CPU count "
-                                       "/ nprocs)")
+                     metavar="N", help="single-threaded ANTs worker processes per unit's "
+                                       "preprocessing (default: CPU count / nprocs; fewer units "
+                                       "than --nprocs share the spare CPUs) and the least number "
+                                       "of TensorFlow threads; results never depend on it")
     run.add_argument("--mem", "--mem-gb", "--mem_gb", type=_memory_gb, metavar="GB",
                      help="memory budget in GB (suffixes M, G accepted); sizes inference batches")
     run.add_argument("--device", choices=DEVICES, default="auto",

@@ -70,6 +70,9 @@ def test_every_flag_parses_into_the_config(tmp_path: Path):
     assert config.work_dir == tmp_path / "work"
     assert (config.nprocs, config.omp_nthreads, config.mem_gb) == (2, 1, 8.0)
     assert config.inference_threads == 2  # inference runs alone: the whole --nprocs budget
+    from shiva_bids.pipelines.shiva import preprocessing_workers
+    assert preprocessing_workers(config, 2) == 1  # two units side by side: one worker each
+    assert preprocessing_workers(config, 1) == 2  # a lone unit gets the spare process
     assert config.reports_only and config.stop_on_first_crash and config.force
     assert (config.random_seed, config.verbosity) == (7, 2)
     assert config.regions == "atlas"

@@ -1,6 +1,7 @@
 """Preprocessing accuracy on a phantom with skull (issue #5): template brain mask, FLAIR/SWI
 rigid registration against a known misalignment, native <-> model round trips, and the
-SWI-space (CMB) branch. One phantom, one full preprocessing run, shared by every test."""
+SWI-space (CMB) branch. One phantom, one full preprocessing run, shared by every test; and a
+second run with another number of workers, which must give the same bytes (issue #19)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +53,8 @@ def phantom(tmp_path_factory):
 @pytest.fixture(scope="module")
 def processed(phantom) -> PreprocessedUnit:
     unit, inputs, root = phantom
-    return preprocess_unit(inputs, {"t1", "flair", "swi"}, PreprocOptions(), root / "work")
+    return preprocess_unit(inputs, {"t1", "flair", "swi"}, PreprocOptions(threads=2),
+                           root / "work")
 
 
 def test_template_brain_mask_matches_truth(phantom, processed):
@@ -191,3 +193,28 @@ def test_phantom_truth_segmentation_is_a_valid_derivative(phantom):
     except ValidatorUnavailable as exc:
         pytest.skip(str(exc))
     assert report.ok, report.summary()
+
+
+def test_rerun_with_another_thread_count_gives_the_same_bytes(phantom, processed):
+    """The same unit, options and seed, a fresh work folder and 3 workers instead of 2: every
+    output of the preprocessing is identical (issue #19 item 2)."""
+    _, inputs, root = phantom
+    again = preprocess_unit(inputs, {"t1", "flair", "swi"}, PreprocOptions(threads=3),
+                            root / "work_again")
+    assert again.spaces.keys() == processed.spaces.keys()
+    for name, space in processed.spaces.items():
+        other = again.spaces[name]
+        assert other.channels.keys() == space.channels.keys()
+        for channel, data in space.channels.items():
+            np.testing.assert_array_equal(other.channels[channel], data, err_msg=channel)
+        np.testing.assert_array_equal(other.brain_mask, space.brain_mask)
+        np.testing.assert_array_equal(other.affine, space.affine)
+        np.testing.assert_array_equal(other.conformed_mask.data, space.conformed_mask.data)
+    assert again.transforms.keys() == processed.transforms.keys()
+    for key, path in processed.transforms.items():
+        assert again.transforms[key].read_bytes() == path.read_bytes(), key
+    warps = [nib.load(t.template_transform.transforms[0]) for t in (processed, again)]
+    np.testing.assert_array_equal(*(np.asarray(w.dataobj) for w in warps))
+    assert (again.template_transform.transforms[1].read_bytes()
+            == processed.template_transform.transforms[1].read_bytes())
+    assert again.qc == processed.qc and again.warnings == processed.warnings

@@ -16,7 +16,7 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -422,13 +422,22 @@ def run_shiva_units(config: RunConfig, units: Sequence[InputSet]) -> RunOutcome:
     return outcome
 
 
+def preprocessing_workers(config: RunConfig, n_units: int) -> int:
+    """ANTs worker processes per unit's preprocessing: --omp-nthreads, or more when fewer units
+    than --nprocs run, so that a lone unit uses every process it was given (the bytes never
+    depend on it: preprocessing/workers.py)."""
+    return max(config.omp_nthreads, config.nprocs // max(1, n_units))
+
+
 def process_chunk(config: RunConfig, chunk: Sequence[UnitPlan], shape: tuple[int, int, int],
                   predictors: dict[Path, EnsemblePredictor], provenance: dict[Path, dict],
                   outcome: RunOutcome, progress: Progress) -> None:
     """Preprocess, predict and finish the units of one chunk."""
     for plan in chunk:
         progress.stage(plan.inputs.unit_id, "preprocessing")
-    results = parallel_map(preprocess_plan, [(p, config, shape) for p in chunk], config.nprocs)
+    unit_config = replace(config, omp_nthreads=preprocessing_workers(config, len(chunk)))
+    results = parallel_map(preprocess_plan, [(p, unit_config, shape) for p in chunk],
+                           config.nprocs)
     units_ready = {}
     for plan, result in zip(chunk, results):
         if isinstance(result, Exception):

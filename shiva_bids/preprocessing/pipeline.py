@@ -2,28 +2,33 @@
 
 T1w space (PVS, WMH, LAC; channels t1 / flair / t2): load + check img1 (T1w, or T2w with
 --replace-t1), conform, brain mask, crop box, crop, normalise (channel "t1", inverted with
---inverse-t2); FLAIR/T2w: rigid onto the cropped T1w (fixed mask = cropped brain mask), warped
-straight onto the cropped grid, normalised with the cropped mask.
+--inverse-t2); FLAIR/T2w: rigid onto the cropped, not normalised T1w (fixed mask = cropped
+brain mask), warped straight onto the cropped grid (Welch-windowed sinc), normalised with the
+cropped mask (registration.py has SHiVAi's set-up, §5.6).
 
 SWI space (CMB): with a T1w, the conformed SWI is registered rigidly to the cropped T1w (fixed
-mask = cropped brain mask, which SHiVAi does not use for SWI: see `_swi_space_from_t1`), the T1w
+mask: the T1w's head, see PreprocOptions.swi_registration_mask; SHiVAi uses none), the T1w
 mask is brought into conformed SWI space with the inverse transform (nearest neighbour), the
 SWI is cropped around that mask and normalised with it (§6 "CMB with a T1 available"); without a
 T1w, the SWI is img1 and gets its own brain mask.
 
+Every ANTs computation runs in single-threaded worker processes (workers.py), so that the
+bytes never depend on --nprocs / --omp-nthreads (issue #19); the template registration runs
+while this process conforms the SWI, and the SWI and FLAIR/T2w registrations run side by side.
 Defacing (Quickshear, §5.8) is not done: see docs/preprocessing.md.
-Expensive stages (brain mask, rigid registrations) are cached in the work directory under a key
-of their inputs and options.
+The brain mask (the expensive stage that does not depend on the other images) is cached in the
+work directory under a key of its inputs and options.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -33,14 +38,15 @@ from shiva_bids.bids.inputs import InputSet, input_roles
 from shiva_bids.errors import MissingInputError, UsageError
 from shiva_bids.io import atomic_save_nifti, atomic_write_json
 from shiva_bids.markers import SHIVA_MODEL_SHAPE
-from shiva_bids.preprocessing import brainmask, registration, shiva_mask
+from shiva_bids.preprocessing import brainmask, registration, shiva_mask, sinc
 from shiva_bids.preprocessing.brainmask import BrainMask, TemplateTransform
 from shiva_bids.preprocessing.conform import conform
 from shiva_bids.preprocessing.crop import CropBox, crop, crop_array, crop_box, mask_inside_box
 from shiva_bids.preprocessing.headers import LoadedImage, load_image
 from shiva_bids.preprocessing.native import resample_world
 from shiva_bids.preprocessing.normalise import norm_peak, normalise
-from shiva_bids.preprocessing.templates import load_template
+from shiva_bids.preprocessing.templates import template_name
+from shiva_bids.preprocessing.workers import Workers
 from shiva_bids.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ T1_SPACE_CHANNELS = ("t1", "flair", "t2")
 CHANNEL_INFO = {"t1": ("T1w", "t1w"), "flair": ("FLAIR", "flair"), "t2": ("T2w", "t2w"),
                 "swi": ("SWI", "swi")}
 BRAIN_MASK_METHODS = ("auto", "template", "shiva")
+SWI_REGISTRATION_MASKS = ("head", "none")
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,16 @@ class PreprocOptions:
     premasked: bool = False
     replace_t1: str | None = None  # "t2": the T2w is img1 (channel "t1")
     inverse_t2: bool = False
-    threads: int = 1
+    threads: int = 1  # worker processes for the ANTs steps (results do not depend on it)
     seed: int = 0
     keep_model_space: bool = False
     registration: str = "reference"  # SHiVAi's settings (SHIVA.md §5.6); "fast" caps them
-    # ANTs interpolator of the FLAIR/T2w/SWI warp onto the cropped T1w grid: SHiVAi's Welch
-    # windowed sinc (~25 s of CPU per image); "bSpline" costs ~2 s.
+    # Fixed mask of the SWI -> T1w registration: "head" (the cropped T1w's head, background
+    # air left out; as accurate as SHiVAi's on phantoms, ~1/10 of its CPU time) or "none"
+    # (SHiVAi's): docs/preprocessing.md.
+    swi_registration_mask: str = "head"
+    # Interpolator of the FLAIR/T2w resampling onto the cropped T1w grid: SHiVAi's Welch
+    # windowed sinc (compiled, sinc.py: ~3 s of CPU); any other ANTs interpolator name.
     warp_interpolator: str = "welchWindowedSinc"
     templateflow_home: Path | None = None
     models_dir: Path | None = None
@@ -146,108 +157,171 @@ class PreprocessedUnit:
         return self._native_masks[space]
 
 
+@dataclass
+class _Run:
+    """What every stage of one preprocess_unit call shares."""
+
+    unit: PreprocessedUnit
+    inputs: InputSet
+    images: dict[str, LoadedImage]  # role -> the checked image (loaded once)
+    opts: PreprocOptions
+    work_dir: Path
+    workers: Workers  # every ANTs call runs there (workers.py)
+    started: float = field(default_factory=time.perf_counter)
+
+    def done(self, stage: str) -> None:
+        """Log that `stage` is done, with the seconds since the unit started."""
+        log.info("%s: %s (%.1f s)", self.unit.unit_id, stage,
+                 time.perf_counter() - self.started)
+
+    def load(self, role: str) -> LoadedImage:
+        """The role's image, its warnings and affine source recorded on the unit."""
+        loaded = self.images[role]
+        self.unit.warnings.extend(loaded.warnings)
+        self.unit.qc[f"affine_source_{_suffix_of(loaded.path)}"] = loaded.affine_source
+        return loaded
+
+
 def preprocess_unit(inputs: InputSet, needs: set[str], opts: PreprocOptions,
                     work_dir: Path) -> PreprocessedUnit:
-    """Preprocess one unit for the channels in `needs` (subset of t1, flair, t2, swi)."""
+    """Preprocess one unit for the channels in `needs` (subset of t1, flair, t2, swi).
+
+    Registrations run in `opts.threads` single-threaded worker processes (`workers.py`): the
+    FLAIR/T2w and SWI branches side by side, and the bytes never depend on `opts.threads`."""
     unknown = set(needs) - set(CHANNEL_INFO)
     if unknown:
         raise ValueError(f"unknown channels {sorted(unknown)}")
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(max(1, opts.threads)))
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     unit = PreprocessedUnit(inputs.unit_id, {})
     img1_role = "t2w" if opts.replace_t1 == "t2" else "t1w"
-    check_inputs(inputs, needs, img1_role)
+    if "swi" in needs and not inputs.has("swi"):
+        raise MissingInputError(f"{inputs.unit_id}: no SWI/T2starw image for CMB")
+    images = check_inputs(inputs, needs, img1_role, check_skull=not opts.premasked)
     want_t1_space = bool(set(needs) & set(T1_SPACE_CHANNELS))
-    if want_t1_space or ("swi" in needs and inputs.has(img1_role)):
-        if not inputs.has(img1_role):
-            raise MissingInputError(f"{inputs.unit_id}: no {img1_role} image for the "
-                                    f"channels {sorted(needs)}")
-        _t1_space(unit, inputs, needs, opts, work_dir, img1_role)
-    if "swi" in needs:
-        if not inputs.has("swi"):
-            raise MissingInputError(f"{inputs.unit_id}: no SWI/T2starw image for CMB")
-        if "T1w" in unit.spaces:
-            _swi_space_from_t1(unit, inputs, opts, work_dir)
-        else:
-            _swi_space_alone(unit, inputs, opts, work_dir)
+    with Workers(opts.threads) as workers:
+        run = _Run(unit, inputs, images, opts, work_dir, workers)
+        if want_t1_space or ("swi" in needs and inputs.has(img1_role)):
+            if not inputs.has(img1_role):
+                raise MissingInputError(f"{inputs.unit_id}: no {img1_role} image for the "
+                                        f"channels {sorted(needs)}")
+            _t1_space(run, needs, img1_role)
+        elif "swi" in needs:
+            _swi_space_alone(run)
     if opts.keep_model_space:
         _save_model_space(unit, inputs, work_dir / "model_space")
     return unit
 
 
-def check_inputs(inputs: InputSet, needs: set[str], img1_role: str) -> None:
+def check_inputs(inputs: InputSet, needs: set[str], img1_role: str,
+                 check_skull: bool = False) -> dict[str, LoadedImage]:
     """Read every image the unit needs before any costly step, so that a corrupt or unusable
-    file fails the unit at once (one line naming it) instead of after the T1w work. Header
-    warnings are logged once, when the image is loaded for use."""
-    for role in sorted(input_roles(needs, img1_role)):
-        if inputs.has(role):
-            load_image(inputs.image(role), log_warnings=False)
+    file fails the unit at once (one line naming it) instead of after the T1w work. Returns
+    the loaded images by role (each file is read once); `check_skull` applies to img1 (and to
+    the SWI, which is img1 when there is no T1w)."""
+    roles = input_roles(needs, img1_role)
+    skull_checked = {img1_role} if inputs.has(img1_role) else {"swi"}
+    return {role: load_image(inputs.image(role), check_skull=check_skull and role in skull_checked)
+            for role in sorted(roles) if inputs.has(role)}
 
 
 # --- T1w space -------------------------------------------------------------------------------
 
-def _t1_space(unit: PreprocessedUnit, inputs: InputSet, needs: set[str], opts: PreprocOptions,
-              work_dir: Path, img1_role: str) -> None:
-    img1 = _load(unit, inputs.image(img1_role), check_skull=not opts.premasked)
-    conformed = conform(img1.volume)
-    mask = make_brain_mask(img1, conformed, inputs, opts, work_dir / "brainmask")
-    _record_mask(unit, mask)
-    _ensure_template_registration(unit, img1, conformed, inputs, opts, work_dir)
-    space = _model_space("T1w", img1, conformed, mask.mask, opts.model_shape, unit)
-    inverse = opts.inverse_t2 and opts.replace_t1 == "t2"
-    space.channels["t1"] = normalise(crop(conformed, space.box).data, space.brain_mask, inverse)
-    unit.qc["brain_mask_size"] = int(np.count_nonzero(space.brain_mask))
-    unit.qc["brain_mask_volume_ml"] = round(mask.volume_ml, 1)
-    unit.qc["main_norm_peak"] = norm_peak(space.channels["t1"])
-    unit.spaces["T1w"] = space
-    fixed = Volume(space.channels["t1"], space.affine)
+def _t1_space(run: _Run, needs: set[str], img1_role: str) -> None:
+    """The T1w model space (channel "t1"), then the FLAIR/T2w channels and the SWI space, whose
+    registrations run side by side."""
+    space, cropped, swi = _t1_channel(run, needs, img1_role)
+    jobs = {}  # the SWI first: its registration takes longest
+    if swi is not None:
+        jobs["swi"] = _start_registration(run, cropped, space, swi[1], "SWI")
     for channel in ("flair", "t2"):
         if channel not in needs or (channel == "t2" and img1_role == "t2w"):
             continue
         suffix, role = CHANNEL_INFO[channel]
-        if not inputs.has(role):
-            raise MissingInputError(f"{inputs.unit_id}: no {suffix} image for channel {channel}")
-        moving = _load(unit, inputs.image(role))
-        result = _register(unit, inputs, fixed, moving.volume, suffix, space.brain_mask,
-                           opts, work_dir)
-        space.channels[channel] = normalise(result.warped.data, space.brain_mask)
-        unit.qc[f"{channel}_norm_peak"] = norm_peak(space.channels[channel])
+        if not run.inputs.has(role):
+            raise MissingInputError(f"{run.inputs.unit_id}: no {suffix} image for channel "
+                                    f"{channel}")
+        moving = run.load(role).volume
+        jobs[channel] = (moving, _start_registration(run, cropped, space, moving, suffix))
+    for channel in ("flair", "t2"):
+        if channel in jobs:
+            moving, job = jobs[channel]
+            result = _finish_registration(run, CHANNEL_INFO[channel][0], job)
+            warped = registration.warp(run.workers, moving, space.brain_mask.shape,
+                                       space.affine, result.transform,
+                                       run.opts.warp_interpolator)
+            space.channels[channel] = normalise(warped.data, space.brain_mask)
+            run.unit.qc[f"{channel}_norm_peak"] = norm_peak(space.channels[channel])
+            run.done(f"{CHANNEL_INFO[channel][0]} on the T1w model grid")
+    if swi is not None:
+        result = _finish_registration(run, "SWI", jobs["swi"])
+        _swi_space_from_t1(run, space, swi[0], swi[1], result)
+
+
+def _t1_channel(run: _Run, needs: set[str], img1_role: str
+                ) -> tuple[ModelSpace, Volume, tuple[LoadedImage, Volume] | None]:
+    """img1 conformed, its brain mask, the T1w model space with channel "t1"; the cropped,
+    not normalised img1 (the registrations' fixed image); the SWI and its conformed image
+    when the SWI space is needed."""
+    unit, opts = run.unit, run.opts
+    img1 = run.load(img1_role)
+    cache_dir = run.work_dir / "brainmask"
+    template = _prepare_template(run, img1, cache_dir)
+    from_img1 = {"t1", "t2"} if img1_role == "t2w" else {"t1"}
+    if template is None and set(needs) - from_img1:  # rigid registrations will run: the
+        run.workers.warm_up()  # workers import ANTs while this process conforms
+    conformed = conform(img1.volume)  # while a worker prepares the template
+    finish_mask = start_brain_mask(run, img1, conformed, cache_dir, template)
+    swi = None
+    if "swi" in needs:  # conformed while a worker registers the template
+        loaded = run.load("swi")
+        swi = (loaded, conform(loaded.volume))
+    if run.opts.warp_interpolator == "welchWindowedSinc" and set(needs) & {"flair", "t2"}:
+        sinc.compile_now()  # also while the template is registered
+    mask = finish_mask()
+    run.done("brain mask")
+    _record_mask(unit, mask)
+    _ensure_template_registration(run, img1, conformed)
+    space = _model_space("T1w", img1, conformed, mask.mask, opts.model_shape, unit)
+    cropped = crop(conformed, space.box)
+    inverse = opts.inverse_t2 and opts.replace_t1 == "t2"
+    space.channels["t1"] = normalise(cropped.data, space.brain_mask, inverse)
+    unit.qc["brain_mask_size"] = int(np.count_nonzero(space.brain_mask))
+    unit.qc["brain_mask_volume_ml"] = round(mask.volume_ml, 1)
+    unit.qc["main_norm_peak"] = norm_peak(space.channels["t1"])
+    unit.spaces["T1w"] = space
+    return space, cropped, swi
 
 
 # --- SWI space -------------------------------------------------------------------------------
 
-def _swi_space_from_t1(unit: PreprocessedUnit, inputs: InputSet, opts: PreprocOptions,
-                       work_dir: Path) -> None:
-    t1 = unit.spaces["T1w"]
-    swi = _load(unit, inputs.swi)
-    conformed = conform(swi.volume)
-    fixed = Volume(t1.channels["t1"], t1.affine)
-    # SHiVAi registers the SWI without a fixed mask (SHIVA.md §5.6); with none, the schedule
-    # ran to its iteration caps on phantoms (~110 s per start on 2 cores, 0.03 mm error), with
-    # the cropped brain mask it converged in ~10 s (0.11 mm): the mask is used, as for FLAIR.
-    # Only the transform is used (CMB stays in SWI space), so the SWI is not warped onto the
-    # T1w grid (SHiVAi's sinc-warped SWI is an unused by-product costing ~16 s here).
-    result = _register(unit, inputs, fixed, conformed, "SWI", t1.brain_mask, opts, work_dir,
-                       warp=False)
+def _swi_space_from_t1(run: _Run, t1: ModelSpace, swi: LoadedImage, conformed: Volume,
+                       result: registration.RigidResult) -> None:
+    """SHIVA.md §6 "CMB with a T1 available", steps 11-15: the cropped T1w mask into conformed
+    SWI space (inverse rigid, nearest neighbour), the SWI cropped around it and normalised.
+    Only the transform is used (CMB stays in SWI space), so the SWI is not warped onto the T1w
+    grid (SHiVAi's sinc-warped SWI is an unused by-product costing ~16 s here)."""
     t1_mask = Volume(t1.brain_mask.astype(np.float32), t1.affine)
-    mask = registration.apply_rigid(t1_mask, conformed.shape, conformed.affine,
-                                    result.transform, "nearestNeighbor", invert=True)
+    mask = run.workers.submit(registration.apply_rigid, t1_mask, conformed.shape,
+                              conformed.affine, result.transform, "nearestNeighbor",
+                              invert=True).result()
     mask_data = (mask.data > 0.5).astype(np.uint8)
-    space = _model_space("SWI", swi, conformed, mask_data, opts.model_shape, unit)
-    _finish_swi(unit, space, conformed)
+    space = _model_space("SWI", swi, conformed, mask_data, run.opts.model_shape, run.unit)
+    _finish_swi(run.unit, space, conformed)
+    run.done("SWI model space")
 
 
-def _swi_space_alone(unit: PreprocessedUnit, inputs: InputSet, opts: PreprocOptions,
-                     work_dir: Path) -> None:
-    swi = _load(unit, inputs.swi, check_skull=not opts.premasked)
+def _swi_space_alone(run: _Run) -> None:
+    swi = run.load("swi")
+    cache_dir = run.work_dir / "brainmask_swi"
+    template = _prepare_template(run, swi, cache_dir)
     conformed = conform(swi.volume)
-    mask = make_brain_mask(swi, conformed, inputs, opts, work_dir / "brainmask_swi")
-    _record_mask(unit, mask)
-    _ensure_template_registration(unit, swi, conformed, inputs, opts, work_dir)
-    space = _model_space("SWI", swi, conformed, mask.mask.data, opts.model_shape, unit)
-    unit.qc["brain_mask_size"] = int(np.count_nonzero(space.brain_mask))
-    _finish_swi(unit, space, conformed)
+    mask = start_brain_mask(run, swi, conformed, cache_dir, template)()
+    _record_mask(run.unit, mask)
+    _ensure_template_registration(run, swi, conformed)
+    space = _model_space("SWI", swi, conformed, mask.mask.data, run.opts.model_shape, run.unit)
+    run.unit.qc["brain_mask_size"] = int(np.count_nonzero(space.brain_mask))
+    _finish_swi(run.unit, space, conformed)
 
 
 def _finish_swi(unit: PreprocessedUnit, space: ModelSpace, conformed: Volume) -> None:
@@ -257,13 +331,6 @@ def _finish_swi(unit: PreprocessedUnit, space: ModelSpace, conformed: Volume) ->
 
 
 # --- shared stages ---------------------------------------------------------------------------
-
-def _load(unit: PreprocessedUnit, path: Path, check_skull: bool = False) -> LoadedImage:
-    loaded = load_image(path, check_skull=check_skull)
-    unit.warnings.extend(loaded.warnings)
-    unit.qc[f"affine_source_{_suffix_of(path)}"] = loaded.affine_source
-    return loaded
-
 
 def _suffix_of(path: Path) -> str:
     return Path(path).name.split(".", 1)[0].rsplit("_", 1)[-1]
@@ -283,17 +350,18 @@ def _record_mask(unit: PreprocessedUnit, mask: BrainMask) -> None:
             unit.warnings.append(message)
 
 
-def _ensure_template_registration(unit: PreprocessedUnit, img1: LoadedImage,
-                                  conformed: Volume, inputs: InputSet, opts: PreprocOptions,
-                                  work_dir: Path) -> None:
-    """With `opts.template_registration`, register the template as method (c) does when the
-    mask came another way (derivatives, premasked, SHIVA model); the mask itself is kept."""
-    if not opts.template_registration or unit.template_transform is not None:
+def _ensure_template_registration(run: _Run, img1: LoadedImage, conformed: Volume) -> None:
+    """With `opts.template_registration`, register the template as the template method does
+    when the mask came another way (derivatives, premasked, SHIVA model): atlas regions need
+    its transform. The mask itself is kept."""
+    if not run.opts.template_registration or run.unit.template_transform is not None:
         return
-    template_opts = replace(opts, brain_mask_method="template", premasked=False)
-    unit.template_transform = make_brain_mask(img1, conformed, inputs, template_opts,
-                                              work_dir / "template_registration"
-                                              ).template_transform
+    template_opts = replace(run.opts, brain_mask_method="template", premasked=False)
+    template_run = replace(run, opts=template_opts)
+    finish = start_brain_mask(template_run, img1, conformed,
+                              run.work_dir / "template_registration")
+    run.unit.template_transform = finish().template_transform
+    run.done("template registration (for the atlas regions)")
 
 
 def _model_space(name: str, image: LoadedImage, conformed: Volume, mask: Volume | np.ndarray,
@@ -330,14 +398,48 @@ def touches_fov_edge(mask: np.ndarray, mask_affine: np.ndarray, native: Volume,
     return bool(((native_ijk < margin_vox) | (native_ijk > upper)).any())
 
 
-def make_brain_mask(img1: LoadedImage, conformed: Volume, inputs: InputSet,
-                    opts: PreprocOptions, cache_dir: Path) -> BrainMask:
-    """The brain mask on the conformed img1 grid by the method the options select."""
+def _mask_method(run: _Run) -> str:
+    """"shiva", "derivatives" (a mask given with --derivatives) or "template": the brain-mask
+    method the options select for img1 (--premasked aside)."""
+    method = run.opts.brain_mask_method
+    if method not in BRAIN_MASK_METHODS:
+        raise UsageError(f"--brain-mask {method}: unknown method")
+    if method == "auto":
+        return "derivatives" if run.inputs.brain_mask is not None else "template"
+    return method
+
+
+def _template_key(run: _Run, img1: LoadedImage) -> str:
+    return _key(img1.path, template_name(run.opts.templateflow_home),
+                brainmask.TEMPLATE_STAGES, run.opts.seed)
+
+
+def _prepare_template(run: _Run, img1: LoadedImage, cache_dir: Path) -> Future | None:
+    """When the template method will register a template (no cached mask), start preparing
+    the template in a worker now, so that it overlaps the conform of img1."""
+    if run.opts.premasked or _mask_method(run) != "template":
+        return None
+    if _cached_record(cache_dir, _template_key(run, img1)) is not None:
+        return None
+    return run.workers.submit(brainmask.prepare_template, run.opts.templateflow_home)
+
+
+def start_brain_mask(run: _Run, img1: LoadedImage, conformed: Volume, cache_dir: Path,
+                     template: Future | None = None) -> Callable[[], BrainMask]:
+    """The brain mask on the conformed img1 grid by the method the options select, as a
+    function returning it: the template method only starts its registration here (with the
+    template being prepared by :func:`_prepare_template`, if any), so that the caller can
+    work while a worker registers."""
+    opts = run.opts
     if opts.premasked:
-        return brainmask.mask_from_image(img1.volume, conformed, "premasked")
-    if opts.brain_mask_method not in BRAIN_MASK_METHODS:
-        raise UsageError(f"--brain-mask {opts.brain_mask_method}: unknown method")
-    if opts.brain_mask_method == "shiva":
+        mask = brainmask.mask_from_image(img1.volume, conformed, "premasked")
+        return lambda: mask
+    method = _mask_method(run)
+    if method == "derivatives":
+        given = load_image(run.inputs.brain_mask)
+        mask = brainmask.mask_from_image(given.volume, conformed, str(run.inputs.brain_mask))
+        return lambda: mask
+    if method == "shiva":
         descriptor = shiva_mask.choose_model(opts.models_dir)
         key = _key(img1.path, descriptor.path, descriptor.files, opts.model_shape)
         cached = _cached_mask(cache_dir, key, conformed)
@@ -347,17 +449,23 @@ def make_brain_mask(img1: LoadedImage, conformed: Volume, inputs: InputSet,
             cached = shiva_mask.shiva_brain_mask(img1.volume, conformed, descriptor, settings,
                                                  img1.path.name)
             _save_mask(cache_dir, key, cached)
-        return cached
-    if opts.brain_mask_method == "auto" and inputs.brain_mask is not None:
-        given = load_image(inputs.brain_mask)
-        return brainmask.mask_from_image(given.volume, conformed, str(inputs.brain_mask))
-    template = load_template(opts.templateflow_home)
-    key = _key(img1.path, template.name, brainmask.TEMPLATE_STAGES, opts.seed)
+        return lambda: cached
+    key = _template_key(run, img1)
     cached = _cached_mask(cache_dir, key, conformed)
-    if cached is None:
-        cached = brainmask.template_mask(conformed, template, cache_dir, seed=opts.seed)
-        _save_mask(cache_dir, key, cached)
-    return cached
+    if cached is not None:
+        return lambda: cached
+    if template is None:
+        template = run.workers.submit(brainmask.prepare_template, opts.templateflow_home)
+    finish = brainmask.start_template_mask(conformed, template.result(), cache_dir, run.workers,
+                                           opts.seed)
+    run.workers.warm_up()  # the other workers import ANTs while this one registers
+
+    def finish_and_save() -> BrainMask:
+        mask = finish()
+        _save_mask(cache_dir, key, mask)
+        return mask
+
+    return finish_and_save
 
 
 def _save_mask(cache_dir: Path, key: str, mask: BrainMask) -> None:
@@ -371,20 +479,28 @@ def _save_mask(cache_dir: Path, key: str, mask: BrainMask) -> None:
     atomic_write_json(cache_dir / "brain_mask.json", record)
 
 
-def _cached_mask(cache_dir: Path, key: str, conformed: Volume) -> BrainMask | None:
+def _cached_record(cache_dir: Path, key: str) -> dict | None:
+    """The cache record of a mask computed under `key`, if it and its files are all there."""
     record = cache_dir / "brain_mask.json"
-    image = cache_dir / "brain_mask.nii.gz"
-    if not (record.is_file() and image.is_file()):
+    if not (record.is_file() and (cache_dir / "brain_mask.nii.gz").is_file()):
         return None
     meta = json.loads(record.read_text())
-    transforms = tuple(Path(t) for t in meta.get("transforms", ()))
-    if meta.get("key") != key or not all(t.is_file() for t in transforms):
+    if meta.get("key") != key or not all(Path(t).is_file() for t in meta.get("transforms", ())):
         return None
+    return meta
+
+
+def _cached_mask(cache_dir: Path, key: str, conformed: Volume) -> BrainMask | None:
+    meta = _cached_record(cache_dir, key)
+    if meta is None:
+        return None
+    image = cache_dir / "brain_mask.nii.gz"
     data = np.asarray(nib.load(image).dataobj, dtype=np.uint8)
     log.info("brain mask reused from %s", image)
     tt = None
     if "template" in meta:
-        tt = TemplateTransform(meta["template"], Path(meta["template_image"]), transforms)
+        tt = TemplateTransform(meta["template"], Path(meta["template_image"]),
+                               tuple(Path(t) for t in meta["transforms"]))
     return BrainMask(Volume(data, conformed.affine), meta["method"], tt, meta.get("model"))
 
 
@@ -400,24 +516,33 @@ def _key(*parts) -> str:
     return hashlib.sha256("|".join(text).encode()).hexdigest()[:16]
 
 
-def _register(unit: PreprocessedUnit, inputs: InputSet, fixed: Volume, moving: Volume,
-              suffix: str, fixed_mask: np.ndarray | None, opts: PreprocOptions,
-              work_dir: Path, warp: bool = True) -> registration.RigidResult:
-    """Rigid `suffix` -> T1w onto the cropped grid; transform saved under its BIDS name; with
-    `warp`, the moving image is also resampled onto the cropped grid."""
+def _start_registration(run: _Run, cropped_t1: Volume, space: ModelSpace, moving: Volume,
+                        suffix: str) -> Future:
+    """Submit SHiVAi's registration of `suffix` ("FLAIR", "T2w", "SWI") onto the cropped T1w
+    to the workers (registration.shivai_job); the transform goes under its BIDS name."""
+    opts = run.opts
     if opts.registration not in registration.SETTINGS:
         raise UsageError(f"unknown registration settings {opts.registration!r}")
-    name = derivative_name(inputs.entities, "xfm", ".mat", from_=suffix, to="T1w")
-    path = work_dir / "xfm" / name
-    result = registration.register_rigid(fixed, moving, path, fixed_mask,
-                                         registration.SETTINGS[opts.registration],
-                                         opts.warp_interpolator if warp else None,
-                                         seed=opts.seed)
-    unit.transforms[f"{suffix}->T1w"] = path
+    if opts.swi_registration_mask not in SWI_REGISTRATION_MASKS:
+        raise UsageError(f"unknown SWI registration mask {opts.swi_registration_mask!r}")
+    swi_mask = None
+    if suffix == "SWI" and opts.swi_registration_mask == "head":
+        swi_mask = brainmask.head_mask(cropped_t1.data)
+    job = registration.shivai_job(cropped_t1, space.brain_mask, moving, suffix,
+                                  registration.SETTINGS[opts.registration], opts.seed, swi_mask)
+    name = derivative_name(run.inputs.entities, "xfm", ".mat", from_=suffix, to="T1w")
+    return run.workers.submit(registration.register, job, run.work_dir / "xfm" / name)
+
+
+def _finish_registration(run: _Run, suffix: str, job: Future) -> registration.RigidResult:
+    """Wait for a registration; record its transform and QC on the unit."""
+    result = job.result()
+    run.done(f"{suffix} -> T1w registration")
+    run.unit.transforms[f"{suffix}->T1w"] = result.transform
     key = suffix.lower()
-    unit.qc[f"rotation_{key}_reg"] = round(result.rotation_deg, 4)
-    unit.qc[f"translation_{key}_reg"] = round(result.translation_mm, 4)
-    unit.qc[f"start_{key}_reg"] = result.start
+    run.unit.qc[f"rotation_{key}_reg"] = round(result.rotation_deg, 4)
+    run.unit.qc[f"translation_{key}_reg"] = round(result.translation_mm, 4)
+    run.unit.qc[f"start_{key}_reg"] = result.start
     return result
 
 

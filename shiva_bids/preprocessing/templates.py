@@ -68,6 +68,11 @@ def _real_file(path: Path) -> bool:
         return False
 
 
+def template_name(home: Path | str | None = None) -> str:
+    """The name of the template :func:`load_template` would return (without loading it)."""
+    return TEMPLATEFLOW_NAME if templateflow_files(home) is not None else FALLBACK_NAME
+
+
 def load_template(home: Path | str | None = None) -> Template:
     """TemplateFlow's template when present locally, else the offline fallback (logged)."""
     files = templateflow_files(home)
