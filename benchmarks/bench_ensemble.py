@@ -39,7 +39,7 @@ BASE_FILTERS = 8
 LEVELS = 7
 
 
-def build_network(seed: int):
+def build_network(seed: int, channels: int = 1):
     """The SHIVA-sized U-net (Keras 3); 'same' pooling + crop handles the odd 107 side."""
     import keras
     from keras import layers
@@ -53,7 +53,7 @@ def build_network(seed: int):
             x = layers.Activation("swish", name=f"{name}_swish{i}")(x)
         return x
 
-    inp = layers.Input((*SHAPE, 1), name="image")
+    inp = layers.Input((*SHAPE, channels), name="image")
     x, skips = inp, []
     for level in range(LEVELS - 1):
         x = block(x, BASE_FILTERS * 2**level, f"enc{level}")

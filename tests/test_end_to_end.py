@@ -51,6 +51,22 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def output_data(folder: Path) -> dict[str, str]:
+    """Digest of every NIfTI's header and data and every TSV's bytes under `folder` (what
+    #19 item 2 requires to be identical between runs; JSON and HTML carry run times)."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        if path.name.endswith(".nii.gz"):
+            image = nib.load(path)
+            blob = image.header.binaryblock + np.asarray(image.dataobj).tobytes()
+        elif path.suffix == ".tsv":
+            blob = path.read_bytes()
+        else:
+            continue
+        digests[str(path.relative_to(folder))] = hashlib.md5(blob).hexdigest()
+    return digests
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
@@ -217,7 +233,8 @@ def test_group_level_gathers_every_unit(first_run):
     assert "centrum semiovale" in page and "periventricular" in page
     assert "standard region" in (out / "sub-01_ses-01.html").read_text()
     if STANDINS:
-        assert [(r["PVS_model"], r["PVS_model_md5"]) for r in rows[:3]] == [("PVS v4", "verified")] * 3
+        assert ([(r["PVS_model"], r["PVS_model_md5"]) for r in rows[:3]]
+                == [("PVS v4", "verified")] * 3)
         assert {r["WMH_model"] for r in rows[:2]} == {"WMH v2"}
     assert main([str(bids), str(out), "group", "--participant-label", "01", "02"]) == 0
 
@@ -272,6 +289,7 @@ def test_kill_then_rerun_finishes_the_job(first_run):
     record = out / "sub-02" / "ses-01" / "sub-02_ses-01_summary.json"
     log_file = out / "logs" / "sub-02_ses-01.log"
     started_before = log_file.read_text().count("preprocessing for")
+    first = output_data(record.parent)
     args = participant_args(root, bids, models, "--participant-label", "02", "--force")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "shiva_bids", *args], env=env,
@@ -291,6 +309,11 @@ def test_kill_then_rerun_finishes_the_job(first_run):
                            env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert json.loads(record.read_text())["status"] == "complete"
+    # #19 item 2: the unit ran with its own preprocessing workers and inference batch this time
+    # (one unit, not three side by side); its images and tables are the same bytes (model-space
+    # outputs aside: only the first run asked for them).
+    native = {k: v for k, v in first.items() if "res-model" not in k}
+    assert len(native) > 10 and output_data(record.parent) == native
 
 
 def test_reports_only_rebuilds_the_page(first_run):

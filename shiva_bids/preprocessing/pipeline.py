@@ -175,8 +175,11 @@ class _Run:
                  time.perf_counter() - self.started)
 
     def load(self, role: str) -> LoadedImage:
-        """The role's image, its warnings and affine source recorded on the unit."""
+        """The role's image, its warnings logged and recorded on the unit with its affine
+        source (once per role: check_inputs read it without logging)."""
         loaded = self.images[role]
+        for message in loaded.warnings:
+            log.warning(message)
         self.unit.warnings.extend(loaded.warnings)
         self.unit.qc[f"affine_source_{_suffix_of(loaded.path)}"] = loaded.affine_source
         return loaded
@@ -218,10 +221,12 @@ def check_inputs(inputs: InputSet, needs: set[str], img1_role: str,
     """Read every image the unit needs before any costly step, so that a corrupt or unusable
     file fails the unit at once (one line naming it) instead of after the T1w work. Returns
     the loaded images by role (each file is read once); `check_skull` applies to img1 (and to
-    the SWI, which is img1 when there is no T1w)."""
+    the SWI, which is img1 when there is no T1w). Header warnings are logged by `_Run.load`,
+    when the image is used."""
     roles = input_roles(needs, img1_role)
     skull_checked = {img1_role} if inputs.has(img1_role) else {"swi"}
-    return {role: load_image(inputs.image(role), check_skull=check_skull and role in skull_checked)
+    return {role: load_image(inputs.image(role), check_skull=check_skull and role in skull_checked,
+                             log_warnings=False)
             for role in sorted(roles) if inputs.has(role)}
 
 
