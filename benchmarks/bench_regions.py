@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     print(f"phantoms with true segmentation: {time.perf_counter() - t0:.0f} s")
     tally = defaultdict(lambda: np.zeros(4, int))  # (mode, marker) -> [ok, n, ok deep, n deep]
     costs = defaultdict(list)
+    misses = []  # lesions > 3 mm inside their region that were assigned another one
     align_done = False
     for index, unit in enumerate(data.units):
         work = out / "work" / unit.unit_id
@@ -130,6 +131,11 @@ def main(argv=None) -> int:
                     ok = regions.name(int(label)) == truth.scheme_region
                     deep = truth.boundary_mm > DEPTH_MM
                     tally[(mode, marker)] += np.array([ok, 1, ok and deep, deep], int)
+                    if deep and not ok:
+                        misses.append(f"{unit.unit_id} {marker} {mode}: lesion {les.id} "
+                                      f"{truth.boundary_mm:.1f} mm deep in "
+                                      f"{truth.scheme_region}, assigned "
+                                      f"{regions.name(int(label))}")
         print(f"{unit.unit_id} done ({time.perf_counter() - t0:.0f} s since preprocessing)")
     print(f"\n# {_uptime()}")
     print("agreement with the true region (lesions as clusters):")
@@ -140,6 +146,8 @@ def main(argv=None) -> int:
         all_ = f"{ok / n:6.1%} ({n})" if n else "n/a"
         deep = f"{ok_deep / n_deep:6.1%} ({n_deep})" if n_deep else "n/a"
         print(f"{marker:7s}{scheme:7s}{mode:13s}{all_:>16s}{deep:>16s}")
+    print("\n".join(["lesions > 3 mm from a boundary assigned another region:", *misses])
+          if misses else "every lesion > 3 mm from a boundary in its true region")
     print("cost (s, mean wall / mean CPU of this process; single-threaded work, so CPU is "
           "the wall time on a free core):")
     for key, values in costs.items():
