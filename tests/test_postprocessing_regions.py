@@ -1,6 +1,7 @@
 """Regions: derived parcellation (SHIVA.md §9.1), schemes (§9.3), assignment (§9.2), atlas."""
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -415,3 +416,18 @@ def test_atlas_grid_is_the_brain_box_on_the_conformed_grid():
     grid = atlas_grid(Volume(data, affine))
     assert grid.shape == (10 + 2 * MARGIN, 10 + 2 * MARGIN, 3 + 2 * MARGIN)
     assert np.allclose(grid.affine[:3, 3], [20 - MARGIN - 30, 25 - MARGIN - 30, 28 - MARGIN - 30])
+
+
+def test_atlas_alignment_gives_the_same_bytes_every_run(tmp_path):
+    """The template -> atlas registration runs in a single-threaded ITK worker: two runs into
+    fresh caches write the same transforms (with several ITK threads they differed, and so did
+    the atlas regions: issue #19)."""
+    from shiva_bids.postprocessing.atlases import align_atlas, default_atlas
+    from shiva_bids.preprocessing.templates import load_template
+    atlas, template = default_atlas(), load_template()
+    brain = template.head.with_data(template.head.data * (template.mask.data > 0))
+    runs = [align_atlas(atlas, template.name, brain, tmp_path / f"run{i}", seed=3)
+            for i in range(2)]
+    warps = [np.asarray(nib.load(str(transforms[0])).dataobj) for transforms in runs]
+    assert np.array_equal(*warps) and warps[0].std() > 0
+    assert runs[0][1].read_bytes() == runs[1][1].read_bytes()

@@ -122,8 +122,11 @@ def align_atlas(atlas: TemplateAtlas, template_name: str, template_brain: Volume
                 cache_dir: Path, seed: int = 0) -> tuple[Path, ...]:
     """ANTs transforms from the template's world to the atlas space (template brain fixed,
     atlas-space brain moving), computed once and cached in `cache_dir` under a key of the
-    atlas, the template and the settings. Concurrent workers may both compute it; each writes
-    atomically, and the results are the same."""
+    atlas, the template and the settings. The registration runs in a single-threaded ITK
+    worker (preprocessing/workers.py), so that every run computes the same bytes (issue #19):
+    with several ITK threads its mutual information changed from run to run, and so did the
+    atlas regions. Concurrent workers may both compute it; each writes atomically, and the
+    results are the same."""
     stages = _stages()
     stat = atlas.space_image.stat()
     key = hashlib.sha256(repr((str(atlas.space_image), stat.st_size, template_name,
@@ -132,19 +135,15 @@ def align_atlas(atlas: TemplateAtlas, template_name: str, template_brain: Volume
     transforms = (folder / "1Warp.nii.gz", folder / "0GenericAffine.mat")
     if all(t.is_file() for t in transforms):
         return transforms
-    import ants
-
-    from shiva_bids.preprocessing.antsio import to_ants
-    from shiva_bids.preprocessing.registration import run_ants
+    from shiva_bids.preprocessing.workers import Workers
     log.info("aligning the %s atlas (%s) to the %s template (once per work directory)",
              atlas.name, atlas.space, template_name)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        spacing = (ALIGN_SPACING_MM,) * 3
-        fixed = ants.resample_image(to_ants(template_brain), spacing, False, 0)
-        moving = ants.resample_image(to_ants(_load(atlas.space_image)), spacing, False, 0)
-        run_ants(fixed, moving, str(tmp) + os.sep, list(stages), seed=seed)
+        with Workers(1) as worker:
+            worker.submit(_register_atlas, template_brain, atlas.space_image,
+                          str(tmp) + os.sep, stages, seed).result()
         (tmp / "key.json").write_text(json.dumps({"atlas": atlas.name, "template": template_name,
                                                   "key": key}))
         try:
@@ -155,6 +154,19 @@ def align_atlas(atlas: TemplateAtlas, template_name: str, template_brain: Volume
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return transforms
+
+
+def _register_atlas(template_brain: Volume, atlas_image: Path, prefix: str, stages: tuple,
+                    seed: int) -> None:
+    """`align_atlas`'s registration, both brains on its coarse grid (runs in a worker)."""
+    import ants
+
+    from shiva_bids.preprocessing.antsio import to_ants
+    from shiva_bids.preprocessing.registration import run_ants
+    spacing = (ALIGN_SPACING_MM,) * 3
+    fixed = ants.resample_image(to_ants(template_brain), spacing, False, 0)
+    moving = ants.resample_image(to_ants(_load(atlas_image)), spacing, False, 0)
+    run_ants(fixed, moving, prefix, list(stages), seed=seed)
 
 
 def atlas_on_grid(atlas: TemplateAtlas, reference: Volume,
