@@ -61,7 +61,7 @@ def _regions(mode, unit_data, processed, work, seed):
     start, cpu = time.perf_counter(), time.process_time()
     grid = atlas_grid(processed.spaces["T1w"].conformed_mask)
     parcellation = unit_parcellation(mode, unit_data.unit_id, unit_data.segmentation,
-                                     "truth", processed.template_registration(), grid,
+                                     "truth", processed.template_transform, grid,
                                      work / "atlas", seed)
     maps = {}
     for marker, spec in MARKERS.items():

@@ -157,7 +157,7 @@ def test_atlas_regions_agree_with_the_phantom_truth(phantom, processed):
     unit, _, _ = phantom
     grid = atlas_grid(processed.spaces["T1w"].conformed_mask)
     parcellation = unit_parcellation("atlas", unit.unit_id, None, "",
-                                     processed.template_registration(), grid,
+                                     processed.template_transform, grid,
                                      atlas_cache_dir())
     assert parcellation.source == "atlas:DesikanKilliany" and parcellation.approximate
     agree = []

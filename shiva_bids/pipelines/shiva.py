@@ -208,7 +208,7 @@ def unit_regions(config: RunConfig, inputs: InputSet, unit):
             source = str(inputs.dseg)
     space = unit.spaces["T1w" if "T1w" in unit.spaces else "SWI"]
     return unit_parcellation(config.regions, inputs.unit_id, inputs.dseg, source,
-                             unit.template_registration(), atlas_grid(space.conformed_mask),
+                             unit.template_transform, atlas_grid(space.conformed_mask),
                              config.work_dir / "atlas", config.random_seed)
 
 

@@ -7,9 +7,10 @@
     (nearest-neighbour conform, `minVol` 100 mm^3, `keep_all`) are the mask (SHIVA.md §5.4).
 (c) `template`: a head template with a brain mask is registered to the participant (affine,
     then a short SyN, on 2 mm images, in a single-threaded worker: workers.py), its mask warped
-    back and cleaned (largest 26-connected component, holes filled). The template is TemplateFlow's MNI152NLin2009cAsym when its files
-    are in TEMPLATEFLOW_HOME (never downloaded), else a head built offline from the ICBM152
-    2009a brain that nilearn bundles (`templates.py`).
+    back and cleaned (largest 26-connected component, holes filled). The template is
+    TemplateFlow's MNI152NLin2009cAsym when its files are in TEMPLATEFLOW_HOME (never
+    downloaded), else a head built offline from the ICBM152 2009a brain that nilearn bundles
+    (`templates.py`).
 (d) `shiva`: the SHIVA brain-mask model from --models-dir, two passes (`shiva_mask.py`).
 """
 from __future__ import annotations

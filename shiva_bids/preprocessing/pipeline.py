@@ -127,6 +127,8 @@ class PreprocessedUnit:
     brain_mask_method: str = ""
     warnings: list[str] = field(default_factory=list)
     qc: dict[str, float | int | str] = field(default_factory=dict)
+    # The template -> participant registration (template name and ANTs transforms in
+    # `ants.apply_transforms` order, for any grid in the participant's world), or None.
     template_transform: TemplateTransform | None = None
     _native_masks: dict[str, Volume] = field(default_factory=dict, repr=False)
 
@@ -139,12 +141,6 @@ class PreprocessedUnit:
                              f"{ms.brain_mask.shape}")
         data = resample_world(array, ms.affine, ms.native_shape, ms.native_affine, kind)
         return Volume(data, ms.native_header_affine)
-
-    def template_registration(self) -> TemplateTransform | None:
-        """The template -> participant registration of this unit (template name and ANTs
-        transforms in `ants.apply_transforms` order, for any grid in the participant's
-        world), or None when none was made."""
-        return self.template_transform
 
     def native_brain_mask(self, space: str) -> Volume:
         """The brain mask (uint8) on the native grid of the space's reference image
