@@ -7,6 +7,7 @@ scores clearly better). Registrations run in single-threaded workers (issue #19)
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from shiva_bids.preprocessing import registration
+from shiva_bids.preprocessing.antsio import to_ants
 from shiva_bids.preprocessing.conform import conform
 from shiva_bids.preprocessing.crop import crop, crop_array, crop_box
 from shiva_bids.preprocessing.workers import ITK_THREADS_VARIABLE, Workers
@@ -116,3 +118,32 @@ def test_alignment_score_prefers_the_true_transform(cut_flair, tmp_path):
     good = registration.alignment_score(fixed, moving, tmp_path / "true.mat", fixed_mask)
     bad = registration.alignment_score(fixed, moving, tmp_path / "off.mat", fixed_mask)
     assert good > bad > 0
+
+
+def _blobs(centres, shape=(40, 40, 40), spacing=2.0) -> Volume:
+    """Gaussian blobs (sigma 4 mm) at `centres` (world mm) on a 2 mm grid at the origin."""
+    ijk = np.indices(shape, dtype=np.float32) * spacing
+    data = sum(100 * np.exp(-sum((ijk[k] - c[k]) ** 2 for k in range(3)) / 32.0)
+               for c in centres)
+    return Volume(data.astype(np.float32), np.diag([spacing] * 3 + [1.0]))
+
+
+def test_the_fixed_mask_decides_what_is_registered(tmp_path):
+    """Blob A moves 3 mm to the right, blob B 3 mm to the left: with the fixed mask around A
+    the transform follows A. antsRegistration reads a mask passed by pointer as unsigned char
+    without converting it, so the float mask this code passed before reached ANTs as an empty
+    mask here and the registration silently returned the identity (issue #24)."""
+    a, b = np.array([40.0, 40.0, 60.0]), np.array([40.0, 40.0, 20.0])
+    shift = np.array([3.0, 0.0, 0.0])
+    fixed, moving = _blobs([a, b]), _blobs([a + shift, b - shift])
+    ijk = np.indices(fixed.shape) * 2.0
+    around_a = np.linalg.norm(ijk - a[:, None, None, None], axis=0) < 14
+    stage = registration.Stage("test", (200, 200), (2, 1), (2, 0), bins=32, sampling_rate=1.0)
+    found = {}
+    for name, mask in (("A", around_a), ("none", None)):
+        prefix = str(tmp_path / f"{name}_")
+        registration.run_ants(to_ants(fixed), to_ants(moving), prefix, [stage], mask,
+                              start="header")
+        found[name] = registration.rigid_matrix(Path(prefix + "0GenericAffine.mat"))[:3, 3]
+    assert 1.5 < found["A"][0] < 4.0 and np.abs(found["A"][1:]).max() < 1.0  # A's shift
+    assert found["none"][0] < 0  # without the mask, B's side wins here
