@@ -13,6 +13,7 @@ import pytest
 
 from shiva_bids.bids.inputs import InputSet
 from shiva_bids.preprocessing import PreprocOptions, pipeline, preprocess_unit, registration
+from shiva_bids.preprocessing.antsio import to_ants
 from shiva_bids.preprocessing.brainmask import head_mask
 from shiva_bids.preprocessing.conform import conform, conformed_affine
 from shiva_bids.preprocessing.crop import crop
@@ -186,3 +187,16 @@ def test_flair_is_resampled_with_welch_windowed_sinc_onto_the_cropped_grid(recor
     assert moving is jobs["FLAIR"].moving and interpolator == "welchWindowedSinc"
     space = unit.spaces["T1w"]
     assert tuple(shape) == MODEL_SHAPE and np.allclose(affine, space.affine)
+
+
+def test_fixed_mask_reaches_ants_as_unsigned_char(recorded):
+    """antsRegistration reads a mask passed by pointer as unsigned char without converting it:
+    a float mask becomes another mask (issue #24; the registration itself:
+    tests/test_registration.py::test_the_fixed_mask_decides_what_is_registered)."""
+    _, unit, jobs, _ = recorded
+    fixed = to_ants(jobs["FLAIR"].fixed)
+    image = registration.mask_image(fixed, jobs["FLAIR"].fixed_mask)
+    assert image.pixeltype == "unsigned char"
+    np.testing.assert_array_equal(image.numpy(), unit.spaces["T1w"].brain_mask != 0)
+    np.testing.assert_allclose(image.origin, fixed.origin)
+    np.testing.assert_allclose(image.direction, fixed.direction)

@@ -73,8 +73,8 @@ class PreprocOptions:
     keep_model_space: bool = False
     registration: str = "reference"  # SHiVAi's settings (SHIVA.md §5.6); "fast" caps them
     # Fixed mask of the SWI -> T1w registration: "head" (the cropped T1w's head, background
-    # air left out; as accurate as SHiVAi's on phantoms, ~1/10 of its CPU time) or "none"
-    # (SHiVAi's): docs/preprocessing.md.
+    # air left out; on SHiVAi's fixture 0.016 mm from SHiVAi's transform, as close as "none",
+    # for ~3/4 of its CPU time) or "none" (SHiVAi's): docs/preprocessing.md.
     swi_registration_mask: str = "head"
     # Interpolator of the FLAIR/T2w resampling onto the cropped T1w grid: SHiVAi's Welch
     # windowed sinc (compiled, sinc.py: ~3 s of CPU); any other ANTs interpolator name.
