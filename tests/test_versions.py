@@ -24,6 +24,6 @@ def test_versions_without_importing_tensorflow():
 
 
 def test_an_absent_package_reads_as_unknown():
-    from shiva_bids.pipelines.shiva import installed_version
+    from shiva_bids.models.engines import installed_version
     assert installed_version("no-such-distribution-shiva") == "?"
     assert installed_version("no-such-distribution-shiva", "numpy") != "?"
