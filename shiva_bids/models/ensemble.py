@@ -188,8 +188,10 @@ class EnsemblePredictor:
 
     def _probe(self) -> tuple[tuple[int | None, ...], int, str]:
         if self._meta is None:
-            self._first = self._load(0)
-            self._meta = (self._first.input_shape, self._first.channels, self._first.format)
+            first = self._load(0)
+            self._meta = (first.input_shape, first.channels, first.format)
+            if not self.openvino:  # a TensorFlow load is slow: keep it for predict(); an IR
+                self._first = first  # is read again in ~0.1 s, so none waits in memory
         return self._meta
 
     @property
