@@ -51,7 +51,7 @@ RUN python3 -m venv /opt/venv \
          export PIP_NO_INDEX=1 PIP_FIND_LINKS="/src/${WHEELHOUSE}"; fi \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
          "${TF_PACKAGE}" /src \
-    && /opt/venv/bin/python -c "import shiva_bids, tensorflow, ants, bids, templateflow"
+    && /opt/venv/bin/python -c "import shiva_bids, tensorflow, openvino, ants, bids, templateflow"
 
 # ---- final image ---------------------------------------------------------------------------
 FROM runtime

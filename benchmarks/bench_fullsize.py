@@ -1,33 +1,38 @@
-"""Full-size SHIVA model set end to end through the CLI (issue #16).
+"""Full-size SHIVA model set end to end through the CLI, per inference engine (#16, #23).
+
+Network: the SHIVA U-net as ANTsPyNet's `create_shiva_unet_model_3d` describes it (#23), written
+here from its published facts (`shiva_unet`): a 160x214x176 input, 7 levels with 10, 18, 32,
+58, 104, 187, 337 filters, each level two 3x3x3 convolution + batch normalisation + swish
+blocks, max-pooling down ('same' padding, so the odd sides 107/27/7... round up) and
+upsampling + concatenation up (cropped back to the skip's grid), a 1x1x1 sigmoid head.
+`--count` prints its parameters and GFLOP per volume. Random but fixed weights (seeded).
 
 Models: the published fold counts of the releases users run (reference/SHIVA.md §2.2): PVS v4
-5 folds (T1), WMH v2 5 (T1+FLAIR), CMB v2 3 (SWI), LAC v0 3 (T1+FLAIR); each fold the
-SHIVA-sized U-net of benchmarks/bench_ensemble.py (160x214x176 grid, 8 base filters doubling
-over 7 levels, two 3x3x3 conv + BN + swish per block, 23.6 M parameters, random weights),
-exported with Keras 3 `model.export()` like the 2024-2026 releases, with published-style
-descriptors and md5s. Built once into the cache (default ~/.cache/shiva-bids-bench, ~3 GB).
+5 folds (T1), WMH v2 5 (T1+FLAIR), CMB v2 3 (SWI), LAC v0 3 (T1+FLAIR); each fold exported
+with Keras 3 `model.export()` like the 2024-2026 releases, with published-style descriptors and
+md5s. Built once into the cache (default ~/.cache/shiva-bids-bench).
 
 Data: phantom participants from `shiva_bids.synthetic` (T1w, FLAIR, T2starw).
 
-Runs (each a fresh output and work folder; `--nprocs 2`; the fast-inference check cache is
-shared between runs, so "fast" runs after the first are warm, as a user's second run):
-  1. one participant, `--fast-inference off`
-  2. one participant, fast inference, cold cache (includes the one-time checks)
-  3. one participant, fast inference, warm cache
-  4. four participants in one run
-  5. participants 2-4 one run each (with run 3: the one-at-a-time reference)
-Prints per-stage seconds (from the progress lines, 1 s resolution), s/participant, peak RSS
-summed over the run's process tree (psutil, sampled every 0.2 s), and the ratios. `--repo`
-runs another checkout's code on the same models and data (e.g. main at faa1450 as the
-baseline): runs needing `--fast-inference` are skipped when that checkout lacks it.
+Runs (each a fresh output and work folder; `--nprocs 2`; one user cache of OpenVINO IR shared
+by the runs, emptied first, so run 2 converts and the later ones find the IR cached):
+  1. one participant, `--engine tensorflow` (the baseline)
+  2. one participant, `--engine openvino --precision fp32` (converts the 16 folds)
+  3. one participant, `--engine openvino --precision bf16`
+  4. four participants in one run, OpenVINO fp32
+Prints per-stage seconds (from the progress lines, 1 s resolution), peak RSS summed over the
+run's process tree and the largest single process of each kind (psutil, every 0.2 s), and
+ratios against run 1. With `--lock FILE` each run holds that flock (the shared machine's
+heavy-job lock) while it runs.
 
-    python benchmarks/bench_fullsize.py                        # this checkout (~20 min)
-    python benchmarks/bench_fullsize.py --repo /path/to/main   # the baseline
-    python benchmarks/bench_fullsize.py --only 1,3             # some runs only
+    python benchmarks/bench_fullsize.py                 # all runs (~20 min on 2 cores)
+    python benchmarks/bench_fullsize.py --only 1,3      # some runs only
+    python benchmarks/bench_fullsize.py --count         # parameters and GFLOP of one fold
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import shutil
@@ -36,26 +41,73 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+SHAPE = (160, 214, 176)
+FILTERS = (10, 18, 32, 58, 104, 187, 337)  # ANTsPyNet create_shiva_unet_model_3d (#23)
 MODEL_SET = (("PVS", "v4", ("t1",), 5), ("WMH", "v2", ("t1", "flair"), 5),
              ("CMB", "v2", ("swi",), 3), ("LAC", "v0", ("t1", "flair"), 3))
 N_PARTICIPANTS = 4
 STAGES = ("preprocessing", "inference", "post-processing and report")
+MODELS = "models-shiva-unet"  # cache subfolder (the #16 set of another network is "models")
+
+
+def shiva_unet(seed: int, channels: int = 1):
+    """The SHIVA U-net (module docstring), Keras 3, seeded weights."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+
+    def block(x, filters, name):
+        for i in range(2):
+            x = layers.Conv3D(filters, 3, padding="same", name=f"{name}_conv{i}")(x)
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            x = layers.Activation("swish", name=f"{name}_swish{i}")(x)
+        return x
+
+    inp = layers.Input((*SHAPE, channels), name="image")
+    x, skips = inp, []
+    for level, filters in enumerate(FILTERS[:-1]):
+        x = block(x, filters, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling3D(2, padding="same", name=f"pool{level}")(x)
+    x = block(x, FILTERS[-1], "bottom")
+    for level in reversed(range(len(FILTERS) - 1)):
+        skip = skips[level]
+        x = layers.UpSampling3D(2, name=f"up{level}")(x)
+        extra = [int(u) - int(s) for u, s in zip(x.shape[1:4], skip.shape[1:4])]
+        if any(extra):
+            x = layers.Cropping3D(tuple((0, e) for e in extra), name=f"crop{level}")(x)
+        x = layers.Concatenate(name=f"cat{level}")([skip, x])
+        x = block(x, FILTERS[level], f"dec{level}")
+    out = layers.Conv3D(1, 1, activation="sigmoid", name="head")(x)
+    return keras.Model(inp, out, name="shiva_unet")
+
+
+def count(model) -> tuple[int, float]:
+    """Parameters and GFLOP (2 x multiply-adds of the convolutions) per volume."""
+    flops = 0
+    for layer in model.layers:
+        if type(layer).__name__ == "Conv3D":
+            kernel = layer.kernel.shape
+            voxels = int(layer.output.shape[1]) * int(layer.output.shape[2]) \
+                * int(layer.output.shape[3])
+            flops += 2 * voxels * int(kernel[0] * kernel[1] * kernel[2] * kernel[3] * kernel[4])
+    return model.count_params(), flops / 1e9
 
 
 def build_models(root: Path) -> Path:
-    """The model set under `root/models` (skipped when complete); returns the folder."""
-    models = root / "models"
+    """The model set under `root/MODELS` (skipped when complete); returns the folder."""
+    models = root / MODELS
     done = models / ".complete"
     if done.exists():
         return models
-    sys.path.insert(0, str(HERE))
     import keras
-    from bench_ensemble import build_network
 
     from shiva_bids.models.testing import write_descriptor
 
@@ -68,14 +120,14 @@ def build_models(root: Path) -> Path:
                 started = time.perf_counter()
                 tmp = folder / f".{path.name}.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
-                build_network(100 * m + fold, len(modalities)).export(
+                shiva_unet(100 * m + fold, len(modalities)).export(
                     str(tmp), format="tf_saved_model", verbose=False)
                 tmp.rename(path)
                 keras.backend.clear_session()
                 print(f"built {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
             paths.append(path)
         write_descriptor(folder, paths, marker, modalities, version=version,
-                         architecture="BenchUnet3D-8.7.2", model_format="SavedModel",
+                         architecture="ShivaUnet3D-ANTsPyNet", model_format="SavedModel",
                          tensorflow_min_version="2.17")
     done.write_text("ok\n")
     return models
@@ -91,22 +143,26 @@ def build_dataset(root: Path) -> Path:
     return bids
 
 
-def supports_fast(repo: Path) -> bool:
-    help_text = subprocess.run([sys.executable, "-m", "shiva_bids", "--help"], text=True,
-                               capture_output=True, env=_env(repo), cwd=repo).stdout
-    return "--fast-inference" in help_text
+def _env(repo: Path, user_cache: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(repo), "MPLBACKEND": "Agg",
+            "SHIVA_BIDS_CACHE_DIR": str(user_cache)}
 
 
-def _env(repo: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(repo), "MPLBACKEND": "Agg"}
+def _role(cmdline: list[str], is_root: bool) -> str:
+    if is_root:
+        return "main"
+    text = " ".join(cmdline)
+    return "worker (spawned)" if "multiprocessing" in text else "other child"
 
 
 class TreeSampler(threading.Thread):
-    """Peak of the summed RSS of a process and all its descendants."""
+    """Peak of the summed RSS of a process and all its descendants, and the peak RSS of the
+    largest process of each role (main process, spawned workers)."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.by_role: dict[str, int] = {}
 
     def run(self) -> None:
         import psutil
@@ -119,9 +175,12 @@ class TreeSampler(threading.Thread):
             try:
                 for proc in [root, *root.children(recursive=True)]:
                     try:
-                        total += proc.memory_info().rss
+                        rss = proc.memory_info().rss
+                        role = _role(proc.cmdline(), proc.pid == self.pid)
                     except psutil.NoSuchProcess:
-                        pass
+                        continue
+                    total += rss
+                    self.by_role[role] = max(self.by_role.get(role, 0), rss)
             except psutil.NoSuchProcess:
                 return
             self.peak = max(self.peak, total)
@@ -151,38 +210,57 @@ def stage_seconds(log_text: str, start: float) -> dict[str, float]:
     return {name: float(b - a) for name, a, b in zip(order, times, times[1:])}
 
 
+@contextmanager
+def held(lock: Path | None):
+    """Hold the flock `lock` (None: nothing) for the duration of one run."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_cli(repo: Path, bids: Path, models: Path, scratch: Path, name: str,
-            labels: list[str], extra: list[str], cache: Path | None) -> dict:
+            labels: list[str], extra: list[str], lock: Path | None) -> dict:
     out, work = scratch / name / "out", scratch / name / "work"
     work.mkdir(parents=True)
-    if cache is not None:  # the fast-inference check cache, shared between runs
-        (work / "fast-inference").symlink_to(cache, target_is_directory=True)
     command = [sys.executable, "-m", "shiva_bids", str(bids), str(out), "participant",
                "--participant-label", *labels, "--models-dir", str(models), "-w", str(work),
-               "--nprocs", "2", "--skip-bids-validation", *extra]
-    started = time.time()
-    with open(scratch / name / "stderr.txt", "w") as err:
-        process = subprocess.Popen(command, env=_env(repo), cwd=scratch, stderr=err,
-                                   stdout=subprocess.DEVNULL)
-        sampler = TreeSampler(process.pid)
-        sampler.start()
-        code = process.wait()
-        sampler.stop.set()
-        sampler.join()
-    wall = time.time() - started
+               "--nprocs", "2", "--skip-bids-validation", "-v", *extra]
+    with held(lock):
+        started = time.time()
+        with open(scratch / name / "stderr.txt", "w") as err:
+            process = subprocess.Popen(command, env=_env(repo, scratch / "user-cache"),
+                                       cwd=scratch, stderr=err, stdout=subprocess.DEVNULL)
+            sampler = TreeSampler(process.pid)
+            sampler.start()
+            code = process.wait()
+            sampler.stop.set()
+            sampler.join()
+        wall = time.time() - started
     text = (scratch / name / "stderr.txt").read_text()
     if code != 0:
         print(text[-3000:])
         raise SystemExit(f"{name}: shiva-bids exited {code}")
-    stages = stage_seconds(text, started) if len(labels) == 1 else {}
-    return {"wall": wall, "peak_gib": sampler.peak / 2**30, "stages": stages,
-            "n": len(labels)}
+    return {"wall": wall, "peak_gib": sampler.peak / 2**30, "n": len(labels),
+            "stages": stage_seconds(text, started) if len(labels) == 1 else {},
+            "roles": {k: v / 2**30 for k, v in sampler.by_role.items()},
+            "folds": [float(x) for x in re.findall(r"fold \d+/\d+: \d+ image\(s\) in "
+                                                   r"([\d.]+) s", text)]}
 
 
 def report(name: str, result: dict) -> None:
     stages = "  ".join(f"{k} {v:.0f}" for k, v in result["stages"].items())
-    print(f"{name:34s} {result['wall']:7.1f} s  {result['wall'] / result['n']:6.1f} "
-          f"s/participant  peak RSS {result['peak_gib']:.2f} GiB  {stages}", flush=True)
+    roles = ", ".join(f"{k} {v:.2f}" for k, v in sorted(result["roles"].items()))
+    folds = result["folds"]
+    print(f"{name:40s} {result['wall']:7.1f} s  {result['wall'] / result['n']:6.1f} "
+          f"s/participant  peak RSS {result['peak_gib']:.2f} GiB (largest process: {roles})  "
+          f"{stages}  folds: {sum(folds):.1f} s over {len(folds)} "
+          f"({min(folds, default=0):.1f}-{max(folds, default=0):.1f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,65 +270,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path,
                         default=Path.home() / ".cache" / "shiva-bids-bench",
                         help="where the model set and the phantom dataset are kept")
-    parser.add_argument("--only", default="1,2,3,4,5", help="runs to do, e.g. 1,3,4")
+    parser.add_argument("--only", default="1,2,3,4", help="runs to do, e.g. 1,3")
+    parser.add_argument("--lock", type=Path, help="flock held during each run")
     args = parser.parse_args(argv)
     runs = {int(r) for r in args.only.split(",")}
     repo = args.repo.resolve()
     args.cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    # built by this checkout's code in a child process (Keras memory is not kept here)
-    subprocess.run([sys.executable, __file__, "--build-only", str(args.cache)], check=True,
-                   env=_env(REPO))
+    with held(args.lock):  # built in a child process (Keras memory is not kept here)
+        subprocess.run([sys.executable, __file__, "--build-only", str(args.cache)],
+                       check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     print(f"models and data ready in {time.perf_counter() - started:.0f} s; repo {repo}; "
           f"uptime: {os.popen('uptime').read().strip()}", flush=True)
-    models, bids = args.cache / "models", args.cache / "bids"
-    fast = supports_fast(repo)
+    models, bids = args.cache / MODELS, args.cache / "bids"
     labels = [f"{i + 1:02d}" for i in range(N_PARTICIPANTS)]
-    results: dict[str, dict] = {}
+    plan = [(1, "1 participant, TensorFlow fp32", labels[:1], ["--engine", "tensorflow"]),
+            (2, "1 participant, OpenVINO fp32 (converts)", labels[:1],
+             ["--engine", "openvino", "--precision", "fp32"]),
+            (3, "1 participant, OpenVINO bf16", labels[:1],
+             ["--engine", "openvino", "--precision", "bf16"]),
+            (4, f"{N_PARTICIPANTS} participants, OpenVINO fp32", labels,
+             ["--engine", "openvino", "--precision", "fp32"])]
+    results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_fullsize_") as tmp:
-        scratch = Path(tmp)
-        cache = scratch / "fast-cache"
-        cache.mkdir()
-        on = ["--fast-inference", "on"] if fast else []
-        plan = [(1, "1 participant, fast off", labels[:1],
-                 ["--fast-inference", "off"] if fast else [], None),
-                (2, "1 participant, fast on (cold)", labels[:1], on, cache),
-                (3, "1 participant, fast on", labels[:1], on, cache),
-                (4, f"{N_PARTICIPANTS} participants in one run", labels, on, cache)]
-        plan += [(5, f"participant {label} alone", [label], on, cache) for label in labels[1:]]
-        for number, name, chosen, extra, shared in plan:
-            if number not in runs or (number in (2, 3) and not fast):
-                continue
-            results[name] = run_cli(repo, bids, models, scratch, f"run{len(results)}",
-                                    chosen, extra, shared if fast else None)
-            report(name, results[name])
-    print(f"uptime: {os.popen('uptime').read().strip()}")
-    summarise(results, fast)
+        for number, name, chosen, extra in plan:
+            if number in runs:
+                results[number] = run_cli(repo, bids, models, Path(tmp), f"run{number}",
+                                          chosen, extra, args.lock)
+                report(name, results[number])
+                print(f"  uptime: {os.popen('uptime').read().strip()}", flush=True)
+    summarise(results)
     return 0
 
 
-def summarise(results: dict[str, dict], fast: bool) -> None:
-    off = results.get("1 participant, fast off")
-    warm = results.get("1 participant, fast on")
-    if off and warm and off["stages"] and warm["stages"]:
-        print(f"fast vs off: forward passes (inference stage) "
-              f"{off['stages']['inference'] / max(warm['stages']['inference'], 1):.2f}x, "
-              f"end to end {off['wall'] / warm['wall']:.2f}x")
-    single = warm or off
-    together = results.get(f"{N_PARTICIPANTS} participants in one run")
-    alone = [r for n, r in results.items() if n.startswith("participant ")]
-    if single and together and len(alone) == N_PARTICIPANTS - 1:
-        one_at_a_time = single["wall"] + sum(r["wall"] for r in alone)
-        print(f"{N_PARTICIPANTS} participants: {together['wall']:.0f} s in one run vs "
-              f"{one_at_a_time:.0f} s one at a time: throughput "
-              f"{one_at_a_time / together['wall']:.2f}x")
-    print("targets: one participant <= 90 s; forward passes >= 2x faster with fast inference; "
-          "peak RSS <= 4 GiB; 4 participants >= 1.3x the throughput of one at a time")
+def summarise(results: dict[int, dict]) -> None:
+    base = results.get(1)
+    for number, label in ((2, "OpenVINO fp32"), (3, "OpenVINO bf16")):
+        run = results.get(number)
+        if base and run:
+            print(f"{label} / TensorFlow: fold passes {sum(run['folds']) / sum(base['folds']):.2f}x"
+                  f", inference stage {run['stages'].get('inference', 0) / max(base['stages'].get('inference', 1), 1):.2f}x"
+                  f", wall {run['wall'] / base['wall']:.2f}x, peak RSS "
+                  f"{run['peak_gib'] / base['peak_gib']:.2f}x")
+    print("targets: bf16 inference <= 0.5x TensorFlow's; peak RSS <= 3.5 GiB with OpenVINO fp32 "
+          "(1 participant); <= 5 GiB for 4 participants")
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--build-only":
         build_models(Path(sys.argv[2]))
         build_dataset(Path(sys.argv[2]))
+        sys.exit(0)
+    if sys.argv[1:] == ["--count"]:
+        params, gflop = count(shiva_unet(0))
+        print(f"SHIVA U-net: {params / 1e6:.2f} M parameters, {gflop:.0f} GFLOP per volume")
         sys.exit(0)
     sys.exit(main())

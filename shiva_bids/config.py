@@ -14,6 +14,10 @@ from shiva_bids.markers import MARKER_NAMES, MARKERS
 
 PIPELINES: tuple[str, ...] = ("shiva", "fetal-cgm")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+# Inference engine and precision (models/engines.py): auto = OpenVINO on the CPU, TensorFlow
+# on a GPU; bf16 only where the CPU computes it natively.
+ENGINES: tuple[str, ...] = ("auto", "openvino", "tensorflow")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 BRAIN_MASK_METHODS: tuple[str, ...] = ("auto", "template", "shiva")
 # Where regions come from (postprocessing/sources.py): auto = a --derivatives segmentation,
 # else the template atlas.
@@ -43,6 +47,8 @@ class RunConfig:
     omp_nthreads: int = 1
     mem_gb: float | None = None
     device: str = "auto"
+    engine: str = "auto"
+    precision: str = "fp32"
     pipeline: str = "shiva"
     models_dir: Path | None = None
     model_overrides: Mapping[str, Path] = field(default_factory=lambda: _frozen(None))
@@ -84,6 +90,11 @@ class RunConfig:
         fold over all units), so it gets the whole CPU budget (--nprocs), not the per-process
         share (--omp-nthreads) that parallel preprocessing workers each get."""
         return max(self.nprocs, self.omp_nthreads)
+
+    @property
+    def ir_cache(self) -> Path:
+        """The work directory's cache of folds converted to OpenVINO IR (models/openvino_ir)."""
+        return self.work_dir / "openvino"
 
     @property
     def logs_dir(self) -> Path:

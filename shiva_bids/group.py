@@ -60,6 +60,14 @@ def status_row(status: UnitStatus) -> dict[str, object]:
             "status": status.status, "status_detail": status.detail}
 
 
+def engine_label(model: dict) -> str:
+    """"openvino 2026.4.1 fp32" from a marker's model provenance ("n/a" for outputs written
+    before the engine was recorded)."""
+    if "engine" not in model:
+        return "n/a"
+    return " ".join(str(model.get(k, "?")) for k in ("engine", "engine_version", "precision"))
+
+
 def unit_row(summary: UnitSummary) -> dict[str, object]:
     """The wide row of one unit: loads per marker and region, brain volume, QC, models."""
     row: dict[str, object] = {
@@ -80,6 +88,7 @@ def unit_row(summary: UnitSummary) -> dict[str, object]:
         row[f"{name}_model"] = f"{marker.model.get('target', name)} " \
                                f"{marker.model.get('version', '')}".strip()
         row[f"{name}_model_md5"] = marker.model.get("checksums", "n/a")
+        row[f"{name}_engine"] = engine_label(marker.model)
         row[f"{name}_region_source"] = marker.region_source
         row.update({f"{name}_{k}": v for k, v in standard_values(name, marker.regions).items()})
         for region, stats in marker.regions.items():
@@ -198,6 +207,10 @@ def describe_column(column: str) -> dict[str, str]:
         entry = {"Description": f"{column[:3]} processing status (done, skipped, not run)."}
     elif column.endswith("_model"):
         entry = {"Description": f"{column[:3]} model target and version."}
+    elif column.endswith("_engine"):
+        entry = {"Description": f"What ran the {column[:3]} model: engine (openvino or "
+                                "tensorflow), its version and the compute precision (fp32 or "
+                                "bf16; --engine, --precision); n/a for older outputs."}
     elif column.endswith("_model_md5"):
         entry = {"Description": f"{column[:3]} model files' md5: verified, not published (the "
                                 "release's descriptor lists none), partly verified, or not "

@@ -107,7 +107,8 @@ def test_every_input_round_trips_through_simulate_and_parse(tmp_path, descriptor
         "brain_mask": "shiva", "premasked": True, "replace_t1": "t2", "inverse_t2": True,
         "regions": "atlas", "keep_model_space": True, "fetal_largest_component": True,
         "work_dir": str(tmp_path / "work"), "nprocs": 3,
-        "omp_nthreads": 2, "mem": 12, "device": "cpu", "reports_only": True,
+        "omp_nthreads": 2, "mem": 12, "device": "cpu", "engine": "tensorflow",
+        "precision": "bf16", "reports_only": True,
         "stop_on_first_crash": True, "force": True, "random_seed": 7, "verbose": "-vv",
         "notrack": True,
     }
@@ -128,8 +129,8 @@ def test_every_input_round_trips_through_simulate_and_parse(tmp_path, descriptor
         "replace_t1": "t2", "inverse_t2": True, "keep_model_space": True,
         "fetal_largest_component": True, "work_dir": tmp_path / "work", "nprocs": 3,
         "omp_nthreads": 2, "mem_gb": 12.0,
-        "device": "cpu", "reports_only": True, "stop_on_first_crash": True, "force": True,
-        "random_seed": 7, "verbosity": 2,
+        "device": "cpu", "engine": "tensorflow", "precision": "bf16", "reports_only": True,
+        "stop_on_first_crash": True, "force": True, "random_seed": 7, "verbosity": 2,
     }
     for field, value in expected.items():
         got = getattr(config, field)

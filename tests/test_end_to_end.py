@@ -228,6 +228,14 @@ def test_group_level_gathers_every_unit(first_run):
         assert rows[0][column] != "n/a" and float(rows[0][column]) >= 0, column
         assert dictionary[column]["Description"], column
     assert rows[2]["WMH_deep_volume_mm3"] == "n/a"  # WMH skipped there
+    # #23: the CPU default engine, in the table, its dictionary, the sidecars and the report
+    from shiva_bids.models.engines import openvino_version
+    assert {r["PVS_engine"] for r in rows[:3]} == {f"openvino {openvino_version()} fp32"}
+    assert "precision" in dictionary["PVS_engine"]["Description"]
+    sidecar = json.loads(next((out / "sub-01" / "ses-01" / "anat").glob(
+        "*label-PVS_probseg.json")).read_text())
+    assert (sidecar["Model"]["engine"], sidecar["Model"]["precision"]) == ("openvino", "fp32")
+    assert f"openvino {openvino_version()}, fp32" in (out / "sub-01_ses-01.html").read_text()
     page = (out / "group_report.html").read_text()
     assert "sub-03_ses-01" in page and ("DEMO MODELS" in page) is not STANDINS
     assert "centrum semiovale" in page and "periventricular" in page

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shiva_bids.cli import main
-from shiva_bids.group import qc_flags, slug
+from shiva_bids.group import engine_label, qc_flags, slug
 from shiva_bids.unit_status import collect_statuses
 from shiva_bids.summary import read_summary, summary_path
 from summary_factory import write_unit
@@ -57,6 +57,8 @@ def test_group_level_writes_table_dictionary_clusters_and_report(cohort, capsys)
     dictionary = json.loads((out / "group" / "shiva_group.json").read_text())
     assert set(dictionary) == set(rows[0])
     assert dictionary["PVS_volume_mm3"]["Units"] == "mm^3"
+    # #23: outputs written before the engine was recorded say n/a
+    assert rows[1]["PVS_engine"] == "n/a" and "precision" in dictionary["PVS_engine"]["Description"]
     # standard regional columns (issue #17), each with a data-dictionary entry
     assert rows[1]["PVS_centrum_semiovale_count"] == "60"
     assert float(rows[1]["PVS_centrum_semiovale_volume_mm3"]) == 300
@@ -108,3 +110,12 @@ def test_summary_round_trip(tmp_path):
     again = read_summary(summary_path(tmp_path, summary.entities))
     assert again == summary
     assert slug("Deep WM L") == "deep_wm_l"
+
+
+def test_engine_column_names_engine_version_and_precision():
+    model = {"engine": "openvino", "engine_version": "2026.4.1", "precision": "bf16",
+             "precision_requested": "bf16"}
+    assert engine_label(model) == "openvino 2026.4.1 bf16"
+    assert engine_label({"engine": "tensorflow", "engine_version": "2.21.0",
+                         "precision": "fp32"}) == "tensorflow 2.21.0 fp32"
+    assert engine_label({"target": "PVS"}) == "n/a"

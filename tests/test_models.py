@@ -249,7 +249,8 @@ def test_unrebuildable_lambda_bytecode_is_one_line(built, tmp_path):
 
 
 def test_out_of_memory_is_temporary(built):
-    predictor = EnsemblePredictor(load_descriptor(built["h5"]), device="cpu")
+    predictor = EnsemblePredictor(load_descriptor(built["h5"]), device="cpu",
+                                  engine="tensorflow")
 
     def exhausted(batch):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")

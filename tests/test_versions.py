@@ -21,9 +21,11 @@ def test_versions_without_importing_tensorflow():
     import tensorflow as tf
     assert versions["tensorflow"] == tf.__version__
     assert versions["antspyx"] == ants.__version__
+    import openvino
+    assert openvino.__version__.startswith(versions["openvino"])
 
 
 def test_an_absent_package_reads_as_unknown():
-    from shiva_bids.pipelines.shiva import installed_version
+    from shiva_bids.models.engines import installed_version
     assert installed_version("no-such-distribution-shiva") == "?"
     assert installed_version("no-such-distribution-shiva", "numpy") != "?"

@@ -15,6 +15,10 @@ volume (axis 0 of the RAS model grid) and the mirrored-back output is averaged w
 one *before* the 0.001 rule; this doubles inference time and makes the maps left-right
 symmetric in expectation (the SHIVA models were not trained with a flip guarantee, so the
 result differs slightly from SHiVAi's; off by default).
+
+The folds run on the engine of shiva_bids.models.engines: OpenVINO (CPU default: IR converted
+once and cached, shiva_bids.models.openvino_ir) or TensorFlow (GPUs, and `--engine
+tensorflow`). Everything above is the same for both; only the forward call differs.
 """
 from __future__ import annotations
 
@@ -24,14 +28,17 @@ import importlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from shiva_bids.errors import BadInputError, TemporaryError, UsageError
-from shiva_bids.models.checksums import checksum_status, fold_records, verify_model_files
+from shiva_bids.models.checksums import (checksum_status, fold_records, md5_of_path,
+                                         verify_model_files)
 from shiva_bids.models.descriptors import ModelDescriptor
-from shiva_bids.models.devices import configure_device, tf_device_name
+from shiva_bids.models.devices import tf_device_name
+from shiva_bids.models.engines import EngineChoice, choose_engine, tensorflow_version
 from shiva_bids.models.loaders import LoadedModel, fold_provenance, load_model
 
 log = logging.getLogger(__name__)
@@ -74,13 +81,13 @@ def images_per_call(mem_gb: float | None, grid: Sequence[int], channels: int) ->
     return int(max(1, spare // per_image))
 
 
-def release_memory(fmt: str) -> None:
+def release_memory(fmt: str | None) -> None:
     """Drop the Keras session of the library that loaded a `fmt` model, then collect garbage.
 
     SavedModels need only the collection (their objects hold reference cycles); clearing the
-    Keras 3 session needlessly costs ~0.5 s.
+    Keras 3 session needlessly costs ~0.5 s. `fmt` None (an OpenVINO fold): no Keras session.
     """
-    module = {"keras": "keras", "h5": "tf_keras"}.get(fmt)
+    module = {"keras": "keras", "h5": "tf_keras"}.get(fmt or "")
     if module is not None:
         importlib.import_module(module).backend.clear_session()
     gc.collect()
@@ -112,12 +119,15 @@ class EnsemblePredictor:
     """Predict one marker's probability maps with its fold ensemble.
 
     Checks every fold's md5 at construction (unless `verify_checksums` is False, which warns).
-    `input_shape`/`channels` come from the first fold without a prediction.
+    `input_shape`/`channels` come from the first fold without a prediction. `engine` is an
+    `--engine` name (resolved with `device`, `precision` and `threads`) or an EngineChoice
+    resolved once per run; `ir_cache` is the work directory's IR cache folder (OpenVINO).
     """
 
     def __init__(self, descriptor: ModelDescriptor, device: str = "auto", threads: int = 1,
                  mem_gb: float | None = None, tta: str = "none",
-                 verify_checksums: bool = True):
+                 verify_checksums: bool = True, engine: str | EngineChoice = "auto",
+                 precision: str = "fp32", ir_cache: Path | None = None):
         if tta not in TTA_MODES:
             raise UsageError(f"--tta {tta!r}: choose from {', '.join(TTA_MODES)}")
         self.descriptor = descriptor
@@ -125,16 +135,45 @@ class EnsemblePredictor:
         self.mem_gb = mem_gb
         self.threads = threads
         self.md5 = verify_model_files(descriptor, skip=not verify_checksums)  # before TF loads
-        self.device = configure_device(device, threads)
+        self.engine = engine if isinstance(engine, EngineChoice) else \
+            choose_engine(engine, device, precision, threads)
+        self.device = self.engine.device
         self.checksums_verified = verify_checksums
+        self.ir_cache = ir_cache
+        self._ir: list[Path] | None = None  # IR folder per fold (OpenVINO)
+        self.converted = 0  # folds converted to IR by this predictor (0: all were cached)
         self._first: LoadedModel | None = None  # fold 0 kept from the probe until predict
         self._meta: tuple[tuple[int | None, ...], int, str] | None = None
 
     # --- model facts -------------------------------------------------------------------
+    @property
+    def openvino(self) -> bool:
+        return self.engine.engine == "openvino"
+
+    def _fold_md5s(self) -> list[str]:
+        """md5 of each fold as computed at construction (hashed now where it was not)."""
+        return [self.md5.get(entry.name) if self.checksums_verified and entry.name in self.md5
+                else md5_of_path(path)
+                for entry, path in zip(self.descriptor.files, self.descriptor.folds)]
+
+    def _ir_folders(self) -> list[Path]:
+        from shiva_bids.models.openvino_ir import ensure_ir
+
+        if self._ir is None:
+            self._ir, self.converted = ensure_ir(self.descriptor.folds, self._fold_md5s(),
+                                                 self.descriptor.script_path, self.ir_cache)
+        return self._ir
+
     def _load(self, index: int) -> LoadedModel:
         path = self.descriptor.folds[index]
         started = time.perf_counter()
-        model = load_model(path, self.device, self.descriptor.script_path)
+        if self.openvino:
+            from shiva_bids.models.openvino_ir import load_ir_fold
+
+            model = load_ir_fold(self._ir_folders()[index], path, self.engine.precision,
+                                 self.engine.threads)
+        else:
+            model = load_model(path, self.device, self.descriptor.script_path)
         expected = len(self.descriptor.modalities)
         if model.channels != expected:
             raise BadInputError(f"{path}: model takes {model.channels} channel(s) but "
@@ -149,8 +188,10 @@ class EnsemblePredictor:
 
     def _probe(self) -> tuple[tuple[int | None, ...], int, str]:
         if self._meta is None:
-            self._first = self._load(0)
-            self._meta = (self._first.input_shape, self._first.channels, self._first.format)
+            first = self._load(0)
+            self._meta = (first.input_shape, first.channels, first.format)
+            if not self.openvino:  # a TensorFlow load is slow: keep it for predict(); an IR
+                self._first = first  # is read again in ~0.1 s, so none waits in memory
         return self._meta
 
     @property
@@ -173,9 +214,8 @@ class EnsemblePredictor:
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """What runs: descriptor, version, target, folds + md5s, format, TF, device (JSON)."""
-        import tensorflow as tf
-
+        """What runs: descriptor, version, target, folds + md5s, format, engine, precision,
+        TF version, device (JSON)."""
         d = self.descriptor
         return {
             "descriptor": str(d.path), "target": d.target, "version": d.version,
@@ -187,15 +227,15 @@ class EnsemblePredictor:
             "checksums_verified": self.checksums_verified and not d.unpublished_md5,
             "checksums": checksum_status(d, self.checksums_verified),
             "input_shape": list(self.input_shape), "channels": self.channels,
-            "tensorflow_version": tf.__version__, "device": self.device,
-            "threads": self.threads, "tta": self.tta,
+            "tensorflow_version": tensorflow_version(), **self.engine.provenance(),
+            "tta": self.tta,
             "fold_zero_below": FOLD_ZERO_BELOW, "aggregation": "mean",
         }
 
     def close(self) -> None:
         """Drop the fold kept in memory by `input_shape`/`channels` (predict() also does)."""
         if self._first is not None:
-            fmt, self._first = self._first.format, None
+            fmt, self._first = self._release_format(self._first), None
             release_memory(fmt)
 
     # --- prediction ----------------------------------------------------------------------
@@ -221,20 +261,29 @@ class EnsemblePredictor:
             checked.append(image)
         return checked
 
+    def _release_format(self, model: LoadedModel) -> str | None:
+        return None if self.openvino else model.format
+
     def _forward(self, model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+        if self.openvino:
+            return self._predict_tta(model, batch)
         import tensorflow as tf
 
         try:
             with tf.device(tf_device_name(self.device)):
-                out = model.predict(batch)
-                if self.tta == "flip":
-                    mirrored = model.predict(np.ascontiguousarray(batch[:, ::-1]))
-                    out = 0.5 * (out + mirrored[:, ::-1])
+                out = self._predict_tta(model, batch)
         except tf.errors.ResourceExhaustedError as exc:
             raise TemporaryError(
                 f"{self.descriptor.target}: out of {self.device.upper()} memory running "
                 f"{model.path.name} on {len(batch)} image(s); retry with a smaller --mem, "
                 f"fewer --nprocs, or --device cpu") from exc
+        return out
+
+    def _predict_tta(self, model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+        out = model.predict(batch)
+        if self.tta == "flip":
+            mirrored = model.predict(np.ascontiguousarray(batch[:, ::-1]))
+            out = 0.5 * (out + mirrored[:, ::-1])
         return out
 
     def predict(self, images: Sequence[np.ndarray],
@@ -257,7 +306,7 @@ class EnsemblePredictor:
                 out[out < FOLD_ZERO_BELOW] = 0.0  # SHIVA.md §4, per fold
                 for offset, fold_map in enumerate(out):
                     stats[start + offset].add(fold_map)
-            fmt = model.format
+            fmt = self._release_format(model)
             del model
             release_memory(fmt)
             log.info("%s fold %d/%d: %d image(s) in %.1f s", self.descriptor.target, index + 1,

@@ -17,7 +17,6 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +40,8 @@ from shiva_bids.models import (
     scan_models_dir,
     warn_unused,
 )
+from shiva_bids.models.engines import (choose_engine, installed_version, openvino_version,
+                                      tensorflow_version)
 from shiva_bids.models.selection import NO_MODELS_MESSAGE
 from shiva_bids.preflight import check_unit_inputs
 from shiva_bids.progress import Progress
@@ -122,13 +123,16 @@ def make_predictors(config: RunConfig, plans: Sequence[UnitPlan]
                     ) -> dict[Path, EnsemblePredictor]:
     """One predictor per descriptor in use (checksums verified once, up front)."""
     predictors: dict[Path, EnsemblePredictor] = {}
+    engine = None  # resolved once for all models (one warning at most)
     for plan in plans:
         for descriptor in plan.descriptors.values():
             if descriptor.path not in predictors:
+                engine = engine or choose_engine(config.engine, config.device,
+                                                 config.precision, config.inference_threads)
                 predictors[descriptor.path] = EnsemblePredictor(
-                    descriptor, device=config.device, threads=config.inference_threads,
-                    mem_gb=config.mem_gb, tta=config.tta,
-                    verify_checksums=not config.skip_model_checksum)
+                    descriptor, threads=config.inference_threads, mem_gb=config.mem_gb,
+                    tta=config.tta, verify_checksums=not config.skip_model_checksum,
+                    engine=engine, ir_cache=config.ir_cache)
     return predictors
 
 
@@ -154,6 +158,8 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
                              inverse_t2=config.inverse_t2, threads=config.omp_nthreads,
                              seed=config.random_seed, keep_model_space=config.keep_model_space,
                              models_dir=config.models_dir, device=config.device,
+                             engine=config.engine, precision=config.precision,
+                             ir_cache=config.ir_cache,
                              verify_checksums=not config.skip_model_checksum,
                              template_registration=needs_template_registration(
                                  config.regions, plan.inputs.dseg is not None))
@@ -238,19 +244,9 @@ def _versions() -> dict[str, str]:
     metadata: importing TensorFlow only for its version cost each post-processing worker
     process ~4 s and ~0.65 GiB (issue #16)."""
     return {"shiva-bids": __version__, "python": platform.python_version(),
-            "tensorflow": installed_version("tensorflow", "tensorflow-cpu", "tf-nightly"),
+            "tensorflow": tensorflow_version(), "openvino": openvino_version(),
             "antspyx": installed_version("antspyx"),
             "nibabel": nib.__version__, "numpy": np.__version__}
-
-
-def installed_version(*distributions: str) -> str:
-    """The version of the first of `distributions` that is installed, else "?"."""
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "?"
 
 
 # The `res-` entity and `Resolution` of the model-grid outputs (--keep-model-space).

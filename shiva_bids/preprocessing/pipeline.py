@@ -82,6 +82,9 @@ class PreprocOptions:
     templateflow_home: Path | None = None
     models_dir: Path | None = None
     device: str = "auto"  # where the SHIVA brain-mask model runs (--brain-mask shiva)
+    engine: str = "auto"  # and on which engine (models/engines.py), in what precision
+    precision: str = "fp32"
+    ir_cache: Path | None = None  # the work directory's OpenVINO IR cache
     verify_checksums: bool = True
     # Register the template even when the brain mask came another way (atlas regions need
     # the template -> participant transform: postprocessing/sources.py).
@@ -446,7 +449,8 @@ def start_brain_mask(run: _Run, img1: LoadedImage, conformed: Volume, cache_dir:
         cached = _cached_mask(cache_dir, key, conformed)
         if cached is None:
             settings = shiva_mask.ShivaMaskSettings(opts.device, opts.threads,
-                                                    opts.verify_checksums)
+                                                    opts.verify_checksums, opts.engine,
+                                                    opts.precision, opts.ir_cache)
             cached = shiva_mask.shiva_brain_mask(img1.volume, conformed, descriptor, settings,
                                                  img1.path.name)
             _save_mask(cache_dir, key, cached)

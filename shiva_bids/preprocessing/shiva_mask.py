@@ -54,6 +54,9 @@ class ShivaMaskSettings:
     device: str = "auto"
     threads: int = 1
     verify_checksums: bool = True
+    engine: str = "auto"
+    precision: str = "fp32"
+    ir_cache: Path | None = None
 
 
 def choose_model(models_dir: Path | None) -> ModelDescriptor:
@@ -90,7 +93,9 @@ def shiva_brain_mask(image: Volume, conformed: Volume, descriptor: ModelDescript
     """Steps 1-9 of the module docstring; `image` is img1 as loaded (native grid),
     `conformed` its 256^3 conformed volume. Returns the mask on the conformed grid."""
     predictor = EnsemblePredictor(descriptor, device=settings.device, threads=settings.threads,
-                                  verify_checksums=settings.verify_checksums)
+                                  verify_checksums=settings.verify_checksums,
+                                  engine=settings.engine, precision=settings.precision,
+                                  ir_cache=settings.ir_cache)
     grid = model_grid(predictor)
     pre = preconform(image, grid)
     first = _predict(predictor, normalise(pre.data, None))
