@@ -427,7 +427,7 @@ def test_atlas_alignment_gives_the_same_bytes_every_run_and_is_reused_from_the_u
     from shiva_bids.postprocessing import atlases
     from shiva_bids.preprocessing.templates import load_template
     atlas, template = atlases.default_atlas(), load_template()
-    brain = template.head.with_data(template.head.data * (template.mask.data > 0))
+    brain = atlases.template_brain(template)
     registered = []
     compute = atlases.compute_alignment
     monkeypatch.setattr(atlases, "compute_alignment",
@@ -448,3 +448,12 @@ def test_atlas_alignment_gives_the_same_bytes_every_run_and_is_reused_from_the_u
     assert all(path.is_relative_to(tmp_path / "run2") for path in reused)
     for path, first in zip(reused, runs[0]):
         assert path.read_bytes() == first.read_bytes()
+    # The preprocessing's prefetch: in a worker, into the user cache alone; the same bytes.
+    from shiva_bids.preprocessing.workers import Workers
+    monkeypatch.setenv("SHIVA_BIDS_CACHE_DIR", str(tmp_path / "prefetched"))
+    with Workers(1) as worker:
+        worker.submit(atlases.prefetch_alignment, None, 3).result()
+    prefetched = {path.name: path for path in (tmp_path / "prefetched").glob("*/*")}
+    assert np.array_equal(np.asarray(nib.load(str(prefetched["1Warp.nii.gz"])).dataobj),
+                          warps[0])
+    assert prefetched["0GenericAffine.mat"].read_bytes() == runs[0][1].read_bytes()

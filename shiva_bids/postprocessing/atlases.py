@@ -32,7 +32,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -117,16 +117,24 @@ def _load(path: Path, dtype=np.float32) -> Volume:
     return Volume(np.asarray(img.dataobj, dtype=dtype), img.affine)
 
 
-def align_atlas(atlas: TemplateAtlas, template_name: str, template_brain: Volume,
-                cache_dir: Path, seed: int = 0) -> tuple[Path, ...]:
-    """ANTs transforms from the template's world to the atlas space (template brain fixed,
+def template_brain(template) -> Volume:
+    """The brain of a `preprocessing.templates.Template` (its head inside its mask): the
+    fixed image of the alignment."""
+    return template.head.with_data(template.head.data * (template.mask.data > 0))
+
+
+def align_atlas(atlas: TemplateAtlas, template_name: str,
+                brain: Volume | Callable[[], Volume], cache_dir: Path | None,
+                seed: int = 0) -> tuple[Path, ...]:
+    """ANTs transforms from the template's world to the atlas space (the template's `brain`
+    fixed, or a function giving it, called only when the alignment is computed; the
     atlas-space brain moving), computed once and kept under a key of the atlas, the template
-    and the settings: in `cache_dir` (the run's work directory) and in the user cache
-    (shiva_bids/cache.py), so that a run in a new work directory reuses it instead of
-    registering again (~12 s per work directory before, issue #24). The registration runs in
-    a single-threaded ITK worker (preprocessing/workers.py), so that every run computes the
-    same bytes (issue #19): with several ITK threads its mutual information changed from run
-    to run, and so did the atlas regions."""
+    and the settings: in `cache_dir` (the run's work directory; None: the user cache alone)
+    and in the user cache (shiva_bids/cache.py), so that a run in a new work directory reuses
+    it instead of registering again (~12 s per work directory before, issue #24). The
+    registration runs with single-threaded ITK (:func:`compute_alignment`), so that every
+    run computes the same bytes (issue #19): with several ITK threads its mutual information
+    changed from run to run, and so did the atlas regions."""
     stages = _stages()
     stat = atlas.space_image.stat()
     key = hashlib.sha256(repr((str(atlas.space_image), stat.st_size, template_name,
@@ -135,7 +143,8 @@ def align_atlas(atlas: TemplateAtlas, template_name: str, template_brain: Volume
     def build(folder: Path) -> None:
         log.info("aligning the %s atlas (%s) to the %s template (once per user cache)",
                  atlas.name, atlas.space, template_name)
-        compute_alignment(template_brain, atlas.space_image, folder, stages, seed)
+        compute_alignment(brain() if callable(brain) else brain, atlas.space_image, folder,
+                          stages, seed)
         (folder / "key.json").write_text(json.dumps({"atlas": atlas.name,
                                                      "template": template_name, "key": key}))
 
@@ -144,14 +153,34 @@ def align_atlas(atlas: TemplateAtlas, template_name: str, template_brain: Volume
     return folder / "1Warp.nii.gz", folder / "0GenericAffine.mat"
 
 
-def compute_alignment(template_brain: Volume, atlas_image: Path, folder: Path,
-                      stages: tuple, seed: int) -> None:
-    """Run :func:`_register_atlas` in a single-threaded ITK worker, writing its transforms
-    into `folder`."""
-    from shiva_bids.preprocessing.workers import Workers
+def compute_alignment(brain: Volume, atlas_image: Path, folder: Path, stages: tuple,
+                      seed: int) -> None:
+    """Run :func:`_register_atlas`, writing its transforms into `folder`: here when this
+    process is a preprocessing worker (single-threaded ITK already), else in a new one."""
+    from shiva_bids.preprocessing.workers import Workers, in_worker
+    prefix = str(folder) + os.sep
+    if in_worker():
+        _register_atlas(brain, atlas_image, prefix, stages, seed)
+        return
     with Workers(1) as worker:
-        worker.submit(_register_atlas, template_brain, atlas_image, str(folder) + os.sep,
-                      stages, seed).result()
+        worker.submit(_register_atlas, brain, atlas_image, prefix, stages, seed).result()
+
+
+def prefetch_alignment(templateflow_home: Path | None = None, seed: int = 0) -> None:
+    """The alignment computed into the user cache when it does not hold it yet, so that the
+    post-processing only copies it (no user cache, or no atlas installed: nothing to do).
+    The preprocessing runs it in a worker that would otherwise wait for the SWI registration
+    (PreprocOptions.template_registration), which takes its ~12 s off a first run."""
+    from shiva_bids.cache import user_cache_dir
+    from shiva_bids.preprocessing.templates import load_template, template_name
+    if user_cache_dir() is None:
+        return
+    try:
+        atlas = default_atlas()
+    except MissingInputError:
+        return
+    align_atlas(atlas, template_name(templateflow_home),
+                lambda: template_brain(load_template(templateflow_home)), None, seed)
 
 
 def _register_atlas(template_brain: Volume, atlas_image: Path, prefix: str, stages: tuple,

@@ -266,6 +266,7 @@ def _t1_space(run: _Run, needs: set[str], img1_role: str) -> None:
             run.done(f"{CHANNEL_INFO[channel][0]} on the T1w model grid")
     _finish_atlas_registration(run, finish_template)
     if t1.swi is not None:
+        _prefetch_atlas_alignment(run)
         result = _finish_registration(run, "SWI", jobs["swi"])
         _swi_space_from_t1(run, space, t1.swi[0], t1.swi[1], result)
 
@@ -389,6 +390,17 @@ def _finish_atlas_registration(run: _Run,
     if finish is not None:
         run.unit.template_transform = finish()
         run.done("template registration (for the atlas regions)")
+
+
+def _prefetch_atlas_alignment(run: _Run) -> None:
+    """While the SWI registration (the longest) runs, another worker would wait: when the
+    atlas regions will be made (`opts.template_registration`), it computes the template ->
+    atlas alignment into the user cache (postprocessing/atlases.py `prefetch_alignment`), so
+    that the post-processing finds it there (~12 s once per user cache). Not with a single
+    worker (it would queue before the SWI's last step)."""
+    if run.opts.template_registration and run.workers.processes >= 2:
+        from shiva_bids.postprocessing.atlases import prefetch_alignment
+        run.workers.submit(prefetch_alignment, run.opts.templateflow_home, run.opts.seed)
 
 
 def _model_space(name: str, image: LoadedImage, conformed: Volume, mask: Volume | np.ndarray,
