@@ -418,16 +418,42 @@ def test_atlas_grid_is_the_brain_box_on_the_conformed_grid():
     assert np.allclose(grid.affine[:3, 3], [20 - MARGIN - 30, 25 - MARGIN - 30, 28 - MARGIN - 30])
 
 
-def test_atlas_alignment_gives_the_same_bytes_every_run(tmp_path):
+def test_atlas_alignment_gives_the_same_bytes_every_run_and_is_reused_from_the_user_cache(
+        tmp_path, monkeypatch):
     """The template -> atlas registration runs in a single-threaded ITK worker: two runs into
     fresh caches write the same transforms (with several ITK threads they differed, and so did
-    the atlas regions: issue #19)."""
-    from shiva_bids.postprocessing.atlases import align_atlas, default_atlas
+    the atlas regions: issue #19). A run in another work folder then finds the alignment in
+    the user cache: no registration, the same bytes, copied into its work folder (issue #24)."""
+    from shiva_bids.postprocessing import atlases
     from shiva_bids.preprocessing.templates import load_template
-    atlas, template = default_atlas(), load_template()
-    brain = template.head.with_data(template.head.data * (template.mask.data > 0))
-    runs = [align_atlas(atlas, template.name, brain, tmp_path / f"run{i}", seed=3)
-            for i in range(2)]
+    atlas, template = atlases.default_atlas(), load_template()
+    brain = atlases.template_brain(template)
+    registered = []
+    compute = atlases.compute_alignment
+    monkeypatch.setattr(atlases, "compute_alignment",
+                        lambda *args: (registered.append(args[2]), compute(*args))[1])
+
+    def align(work: str, user_cache: str):
+        monkeypatch.setenv("SHIVA_BIDS_CACHE_DIR", user_cache)
+        return atlases.align_atlas(atlas, template.name, brain, tmp_path / work / "atlas",
+                                   seed=3)
+
+    runs = [align("run0", str(tmp_path / "user")), align("run1", "none")]
+    assert len(registered) == 2  # the second run could not see the first's cache
     warps = [np.asarray(nib.load(str(transforms[0])).dataobj) for transforms in runs]
     assert np.array_equal(*warps) and warps[0].std() > 0
     assert runs[0][1].read_bytes() == runs[1][1].read_bytes()
+    reused = align("run2", str(tmp_path / "user"))
+    assert len(registered) == 2  # no third registration
+    assert all(path.is_relative_to(tmp_path / "run2") for path in reused)
+    for path, first in zip(reused, runs[0]):
+        assert path.read_bytes() == first.read_bytes()
+    # The preprocessing's prefetch: in a worker, into the user cache alone; the same bytes.
+    from shiva_bids.preprocessing.workers import Workers
+    monkeypatch.setenv("SHIVA_BIDS_CACHE_DIR", str(tmp_path / "prefetched"))
+    with Workers(1) as worker:
+        worker.submit(atlases.prefetch_alignment, None, 3).result()
+    prefetched = {path.name: path for path in (tmp_path / "prefetched").glob("*/*")}
+    assert np.array_equal(np.asarray(nib.load(str(prefetched["1Warp.nii.gz"])).dataobj),
+                          warps[0])
+    assert prefetched["0GenericAffine.mat"].read_bytes() == runs[0][1].read_bytes()

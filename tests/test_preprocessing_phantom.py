@@ -218,3 +218,55 @@ def test_rerun_with_another_thread_count_gives_the_same_bytes(phantom, processed
     assert (again.template_transform.transforms[1].read_bytes()
             == processed.template_transform.transforms[1].read_bytes())
     assert again.qc == processed.qc and again.warnings == processed.warnings
+
+
+def _with_mask_from_derivatives(phantom, processed) -> InputSet:
+    """The phantom's inputs with the template mask of `processed` given as a --derivatives
+    mask (the derivatives cleaning keeps it voxel for voxel)."""
+    _, inputs, root = phantom
+    path = root / "sub-01_desc-brain_mask.nii.gz"
+    nib.save(processed.spaces["T1w"].conformed_mask.to_nifti(np.uint8), path)
+    return InputSet(inputs.unit_id, t1w=inputs.t1w, flair=inputs.flair, swi=inputs.swi,
+                    brain_mask=path)
+
+
+def test_one_template_registration_serves_the_mask_and_the_atlas(phantom, processed,
+                                                                 monkeypatch):
+    """Issue #24: a mask from --derivatives with atlas regions needs the template
+    registration; in the work folder where the template mask method made it, it is reused
+    (not registered again), whichever method asked first."""
+    from shiva_bids.preprocessing import brainmask
+    _, _, root = phantom
+    started = []
+    start = brainmask.start_template_registration
+    monkeypatch.setattr(brainmask, "start_template_registration",
+                        lambda *args: (started.append(args), start(*args))[1])
+    again = preprocess_unit(_with_mask_from_derivatives(phantom, processed), {"t1"},
+                            PreprocOptions(threads=1, template_registration=True), root / "work")
+    assert again.brain_mask_method == "derivatives" and not started
+    assert again.template_transform == processed.template_transform
+    np.testing.assert_array_equal(again.spaces["T1w"].brain_mask,
+                                  processed.spaces["T1w"].brain_mask)
+
+
+@pytest.mark.slow
+def test_atlas_registration_beside_the_rigid_ones_gives_the_same_bytes(phantom, processed):
+    """The atlas regions' template registration now runs in a worker beside the FLAIR
+    registration (issue #24): in a fresh work folder, with the same mask given as
+    --derivatives, the template transforms, the FLAIR transform and channels are the bytes of
+    the template-mask run (other order of jobs, another number of workers)."""
+    _, _, root = phantom
+    again = preprocess_unit(_with_mask_from_derivatives(phantom, processed), {"t1", "flair"},
+                            PreprocOptions(threads=2, template_registration=True),
+                            root / "work_derivatives")
+    assert again.template_transform.transforms != processed.template_transform.transforms
+    (warp, affine), (their_warp, their_affine) = (t.template_transform.transforms
+                                                  for t in (again, processed))
+    np.testing.assert_array_equal(np.asarray(nib.load(warp).dataobj),
+                                  np.asarray(nib.load(their_warp).dataobj))
+    assert affine.read_bytes() == their_affine.read_bytes()
+    assert (again.transforms["FLAIR->T1w"].read_bytes()
+            == processed.transforms["FLAIR->T1w"].read_bytes())
+    for channel in ("t1", "flair"):
+        np.testing.assert_array_equal(again.spaces["T1w"].channels[channel],
+                                      processed.spaces["T1w"].channels[channel])

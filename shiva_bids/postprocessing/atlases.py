@@ -13,8 +13,8 @@ the ICBM 2009 templates (correlation ratio of T1w intensity explained by the atl
 on FSL's MNI152 against 0.47 on ICBM 2009c/2009a). The 2009 templates are ~2 % larger, and
 resampling the atlas into them through world coordinates alone changes 16 % of the labelled
 voxels. So the atlas space's T1w brain is registered once to the template's brain
-(:func:`align_atlas`, affine then SyN at 3 mm, cached in the work directory), and the atlas is
-mapped with both registrations in one nearest-neighbour resampling:
+(:func:`align_atlas`, affine then SyN at 3 mm, cached in the work directory and the user
+cache), and the atlas is mapped with both registrations in one nearest-neighbour resampling:
 participant grid -> template (brain-mask step) -> atlas space.
 
 Licence. The atlas is FreeSurfer data: the FreeSurfer Software License Agreement applies
@@ -30,15 +30,14 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import nibabel as nib
 import numpy as np
 
+from shiva_bids.cache import cache_roots, cached_folder
 from shiva_bids.errors import MissingInputError
 from shiva_bids.volume import Volume
 
@@ -118,42 +117,70 @@ def _load(path: Path, dtype=np.float32) -> Volume:
     return Volume(np.asarray(img.dataobj, dtype=dtype), img.affine)
 
 
-def align_atlas(atlas: TemplateAtlas, template_name: str, template_brain: Volume,
-                cache_dir: Path, seed: int = 0) -> tuple[Path, ...]:
-    """ANTs transforms from the template's world to the atlas space (template brain fixed,
-    atlas-space brain moving), computed once and cached in `cache_dir` under a key of the
-    atlas, the template and the settings. The registration runs in a single-threaded ITK
-    worker (preprocessing/workers.py), so that every run computes the same bytes (issue #19):
-    with several ITK threads its mutual information changed from run to run, and so did the
-    atlas regions. Concurrent workers may both compute it; each writes atomically, and the
-    results are the same."""
+def template_brain(template) -> Volume:
+    """The brain of a `preprocessing.templates.Template` (its head inside its mask): the
+    fixed image of the alignment."""
+    return template.head.with_data(template.head.data * (template.mask.data > 0))
+
+
+def align_atlas(atlas: TemplateAtlas, template_name: str,
+                brain: Volume | Callable[[], Volume], cache_dir: Path | None,
+                seed: int = 0) -> tuple[Path, ...]:
+    """ANTs transforms from the template's world to the atlas space (the template's `brain`
+    fixed, or a function giving it, called only when the alignment is computed; the
+    atlas-space brain moving), computed once and kept under a key of the atlas, the template
+    and the settings: in `cache_dir` (the run's work directory; None: the user cache alone)
+    and in the user cache (shiva_bids/cache.py), so that a run in a new work directory reuses
+    it instead of registering again (~12 s per work directory before, issue #24). The
+    registration runs with single-threaded ITK (:func:`compute_alignment`), so that every
+    run computes the same bytes (issue #19): with several ITK threads its mutual information
+    changed from run to run, and so did the atlas regions."""
     stages = _stages()
     stat = atlas.space_image.stat()
     key = hashlib.sha256(repr((str(atlas.space_image), stat.st_size, template_name,
                                stages, ALIGN_SPACING_MM, seed)).encode()).hexdigest()[:16]
-    folder = Path(cache_dir) / f"{atlas.name}_to_{template_name}_{key}"
-    transforms = (folder / "1Warp.nii.gz", folder / "0GenericAffine.mat")
-    if all(t.is_file() for t in transforms):
-        return transforms
-    from shiva_bids.preprocessing.workers import Workers
-    log.info("aligning the %s atlas (%s) to the %s template (once per work directory)",
-             atlas.name, atlas.space, template_name)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+
+    def build(folder: Path) -> None:
+        log.info("aligning the %s atlas (%s) to the %s template (once per user cache)",
+                 atlas.name, atlas.space, template_name)
+        compute_alignment(brain() if callable(brain) else brain, atlas.space_image, folder,
+                          stages, seed)
+        (folder / "key.json").write_text(json.dumps({"atlas": atlas.name,
+                                                     "template": template_name, "key": key}))
+
+    folder = cached_folder(f"{atlas.name}_to_{template_name}_{key}", cache_roots(cache_dir),
+                           build)
+    return folder / "1Warp.nii.gz", folder / "0GenericAffine.mat"
+
+
+def compute_alignment(brain: Volume, atlas_image: Path, folder: Path, stages: tuple,
+                      seed: int) -> None:
+    """Run :func:`_register_atlas`, writing its transforms into `folder`: here when this
+    process is a preprocessing worker (single-threaded ITK already), else in a new one."""
+    from shiva_bids.preprocessing.workers import Workers, in_worker
+    prefix = str(folder) + os.sep
+    if in_worker():
+        _register_atlas(brain, atlas_image, prefix, stages, seed)
+        return
+    with Workers(1) as worker:
+        worker.submit(_register_atlas, brain, atlas_image, prefix, stages, seed).result()
+
+
+def prefetch_alignment(templateflow_home: Path | None = None, seed: int = 0) -> None:
+    """The alignment computed into the user cache when it does not hold it yet, so that the
+    post-processing only copies it (no user cache, or no atlas installed: nothing to do).
+    The preprocessing runs it in a worker that would otherwise wait for the SWI registration
+    (PreprocOptions.template_registration), which takes its ~12 s off a first run."""
+    from shiva_bids.cache import user_cache_dir
+    from shiva_bids.preprocessing.templates import load_template, template_name
+    if user_cache_dir() is None:
+        return
     try:
-        with Workers(1) as worker:
-            worker.submit(_register_atlas, template_brain, atlas.space_image,
-                          str(tmp) + os.sep, stages, seed).result()
-        (tmp / "key.json").write_text(json.dumps({"atlas": atlas.name, "template": template_name,
-                                                  "key": key}))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another worker got there first: same result, keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return transforms
+        atlas = default_atlas()
+    except MissingInputError:
+        return
+    align_atlas(atlas, template_name(templateflow_home),
+                lambda: template_brain(load_template(templateflow_home)), None, seed)
 
 
 def _register_atlas(template_brain: Volume, atlas_image: Path, prefix: str, stages: tuple,

@@ -70,18 +70,25 @@ def atlas_parcellation(grid: Volume, template_name: str, transforms: Sequence[Pa
                        templateflow_home: Path | None = None) -> Parcellation:
     """The template atlas on `grid` (participant -> template `transforms` from the brain-mask
     step, then the cached template -> atlas alignment) and its derived parcellation."""
-    from shiva_bids.postprocessing.atlases import align_atlas, atlas_on_grid, default_atlas
+    from shiva_bids.postprocessing.atlases import (
+        align_atlas,
+        atlas_on_grid,
+        default_atlas,
+        template_brain,
+    )
     from shiva_bids.preprocessing.templates import load_template
+    from shiva_bids.preprocessing.templates import template_name as available_template
     atlas = default_atlas()
-    template = load_template(templateflow_home)
-    if template.name != template_name:
+    if available_template(templateflow_home) != template_name:
         raise MissingInputError(f"the template registration was made with {template_name}, "
-                                f"but {template.name} is what is available now")
-    brain = template.head.with_data(template.head.data * (template.mask.data > 0))
-    alignment = align_atlas(atlas, template.name, brain, cache_dir, seed)
+                                f"but {available_template(templateflow_home)} is what is "
+                                "available now")
+    alignment = align_atlas(atlas, template_name,
+                            lambda: template_brain(load_template(templateflow_home)),
+                            cache_dir, seed)
     labels = atlas_on_grid(atlas, grid, tuple(transforms) + alignment)
     return make_parcellation(labels, f"atlas:{atlas.name}", approximate=True,
-                             provenance={**atlas.provenance(), "Template": template.name})
+                             provenance={**atlas.provenance(), "Template": template_name})
 
 
 def unit_parcellation(mode: str, unit_id: str, dseg: Path | None, dseg_source: str,

@@ -16,9 +16,10 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ants
 import numpy as np
@@ -228,28 +229,31 @@ def head_mask(data: np.ndarray, margin_vox: int = HEAD_MASK_MARGIN_VOX) -> np.nd
     return ndimage.binary_dilation(head, iterations=margin_vox).astype(np.uint8)
 
 
-def start_template_mask(reference: Volume, template: PreparedTemplate, work_dir: Path,
-                        workers: Workers, seed: int = 0) -> Callable[[], BrainMask]:
-    """Method (c): submit the registration of `template` to `reference`'s head box to the
-    workers and return what finishes the mask (waits for it, warps the template's brain mask
-    onto the head box: linear, > 0.5, slabs side by side; keeps the largest component, fills
-    its holes), so that the caller can work meanwhile."""
+def start_template_registration(reference: Volume, template: PreparedTemplate, work_dir: Path,
+                                workers: Workers, seed: int = 0) -> Future:
+    """Submit the registration of `template` to `reference`'s head box (:func:`head_box`,
+    :func:`register_template`) to the workers; the Future gives its `TemplateTransform`. The
+    one registration that serves both the template brain mask (:func:`template_mask`) and
+    the atlas regions (postprocessing/sources.py)."""
+    return workers.submit(register_template, reference.region(head_box(reference)), template,
+                          work_dir, seed)
+
+
+def template_mask(reference: Volume, template: PreparedTemplate, transform: TemplateTransform,
+                  workers: Workers) -> BrainMask:
+    """Method (c) once the template is registered: the template's brain mask warped onto the
+    head box (linear, > 0.5, slabs side by side in the workers), its largest component with
+    the holes filled."""
     box = head_box(reference)
     head = reference.region(box)
-    registered = workers.submit(register_template, head, template, work_dir, seed)
-
-    def finish() -> BrainMask:
-        transform = registered.result()
-        warped = warp(workers, template.mask, head.shape, head.affine,
-                      list(transform.transforms), "linear")
-        binary = np.zeros(reference.shape, bool)
-        binary[box] = warped.data > 0.5
-        if not binary.any():
-            raise BadInputError("template registration produced an empty brain mask")
-        cleaned = fill_holes(largest_component(binary))
-        log.info("brain mask from template %s (%.0f mL)", template.name,
-                 cleaned.sum() * reference.voxel_volume / 1000.0)
-        return BrainMask(_as_mask(cleaned, reference.affine), f"template:{template.name}",
-                         transform)
-
-    return finish
+    warped = warp(workers, template.mask, head.shape, head.affine, list(transform.transforms),
+                  "linear")
+    binary = np.zeros(reference.shape, bool)
+    binary[box] = warped.data > 0.5
+    if not binary.any():
+        raise BadInputError("template registration produced an empty brain mask")
+    cleaned = fill_holes(largest_component(binary))
+    log.info("brain mask from template %s (%.0f mL)", template.name,
+             cleaned.sum() * reference.voxel_volume / 1000.0)
+    return BrainMask(_as_mask(cleaned, reference.affine), f"template:{template.name}",
+                     transform)

@@ -13,11 +13,15 @@ SWI is cropped around that mask and normalised with it (§6 "CMB with a T1 avail
 T1w, the SWI is img1 and gets its own brain mask.
 
 Every ANTs computation runs in single-threaded worker processes (workers.py), so that the
-bytes never depend on --nprocs / --omp-nthreads (issue #19); the template registration runs
-while this process conforms the SWI, and the SWI and FLAIR/T2w registrations run side by side.
+bytes never depend on --nprocs / --omp-nthreads (issue #19); the template registration of the
+template mask runs while this process conforms the SWI, and the SWI and FLAIR/T2w
+registrations run side by side. When the mask came another way but the atlas regions need the
+template registration (PreprocOptions.template_registration), it runs beside the SWI and
+FLAIR/T2w registrations instead of before them.
 Defacing (Quickshear, §5.8) is not done: see docs/preprocessing.md.
-The brain mask (the expensive stage that does not depend on the other images) is cached in the
-work directory under a key of its inputs and options.
+The brain mask and the template registration (the expensive stages that do not depend on the
+other images) are cached in the work directory under a key of their inputs and options; one
+template registration serves both the template mask and the atlas regions.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import json
 import logging
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -57,6 +61,8 @@ CHANNEL_INFO = {"t1": ("T1w", "t1w"), "flair": ("FLAIR", "flair"), "t2": ("T2w",
                 "swi": ("SWI", "swi")}
 BRAIN_MASK_METHODS = ("auto", "template", "shiva")
 SWI_REGISTRATION_MASKS = ("head", "none")
+TEMPLATE_DIR = "template"  # <work_dir>/template/: the template registration (one per unit)
+REGISTRATION_RECORD = "registration.json"
 
 
 @dataclass(frozen=True)
@@ -232,12 +238,14 @@ def check_inputs(inputs: InputSet, needs: set[str], img1_role: str,
 # --- T1w space -------------------------------------------------------------------------------
 
 def _t1_space(run: _Run, needs: set[str], img1_role: str) -> None:
-    """The T1w model space (channel "t1"), then the FLAIR/T2w channels and the SWI space, whose
-    registrations run side by side."""
-    space, cropped, swi = _t1_channel(run, needs, img1_role)
+    """The T1w model space (channel "t1"), then the FLAIR/T2w channels, the SWI space and the
+    atlas regions' template registration, which run side by side in the workers."""
+    t1 = _t1_channel(run, needs, img1_role)
+    space, cropped = t1.space, t1.cropped
     jobs = {}  # the SWI first: its registration takes longest
-    if swi is not None:
-        jobs["swi"] = _start_registration(run, cropped, space, swi[1], "SWI")
+    if t1.swi is not None:
+        jobs["swi"] = _start_registration(run, cropped, space, t1.swi[1], "SWI")
+    finish_template = _start_atlas_registration(run, t1.image, t1.conformed, t1.template)
     for channel in ("flair", "t2"):
         if channel not in needs or (channel == "t2" and img1_role == "t2w"):
             continue
@@ -247,6 +255,8 @@ def _t1_space(run: _Run, needs: set[str], img1_role: str) -> None:
                                     f"{channel}")
         moving = run.load(role).volume
         jobs[channel] = (moving, _start_registration(run, cropped, space, moving, suffix))
+    if run.opts.warp_interpolator == "welchWindowedSinc" and {"flair", "t2"} & set(jobs):
+        sinc.compile_now()  # while the workers register
     for channel in ("flair", "t2"):
         if channel in jobs:
             moving, job = jobs[channel]
@@ -257,35 +267,45 @@ def _t1_space(run: _Run, needs: set[str], img1_role: str) -> None:
             space.channels[channel] = normalise(warped.data, space.brain_mask)
             run.unit.qc[f"{channel}_norm_peak"] = norm_peak(space.channels[channel])
             run.done(f"{CHANNEL_INFO[channel][0]} on the T1w model grid")
-    if swi is not None:
+    _finish_atlas_registration(run, finish_template)
+    if t1.swi is not None:
+        _prefetch_atlas_alignment(run)
         result = _finish_registration(run, "SWI", jobs["swi"])
-        _swi_space_from_t1(run, space, swi[0], swi[1], result)
+        _swi_space_from_t1(run, space, t1.swi[0], t1.swi[1], result)
 
 
-def _t1_channel(run: _Run, needs: set[str], img1_role: str
-                ) -> tuple[ModelSpace, Volume, tuple[LoadedImage, Volume] | None]:
-    """img1 conformed, its brain mask, the T1w model space with channel "t1"; the cropped,
-    not normalised img1 (the registrations' fixed image); the SWI and its conformed image
-    when the SWI space is needed."""
+@dataclass
+class _T1Channel:
+    """What `_t1_channel` hands on to the registrations."""
+
+    space: ModelSpace  # the T1w model space, channel "t1"
+    cropped: Volume  # the cropped, not normalised img1: the registrations' fixed image
+    image: LoadedImage  # img1
+    conformed: Volume  # img1 conformed
+    template: Future | None  # the template being prepared for registration, if any
+    swi: tuple[LoadedImage, Volume] | None  # the SWI and its conformed image, if needed
+
+
+def _t1_channel(run: _Run, needs: set[str], img1_role: str) -> _T1Channel:
+    """img1 conformed, its brain mask, the T1w model space with channel "t1", and the SWI
+    conformed (measured: conforming it in a worker instead started the SWI registration,
+    the longest, 2 s later: the workers were still importing ANTs)."""
     unit, opts = run.unit, run.opts
     img1 = run.load(img1_role)
     cache_dir = run.work_dir / "brainmask"
     template = _prepare_template(run, img1, cache_dir)
     from_img1 = {"t1", "t2"} if img1_role == "t2w" else {"t1"}
-    if template is None and set(needs) - from_img1:  # rigid registrations will run: the
-        run.workers.warm_up()  # workers import ANTs while this process conforms
+    if set(needs) - from_img1:  # rigid registrations will run: the workers import ANTs
+        run.workers.warm_up()  # while this process conforms
     conformed = conform(img1.volume)  # while a worker prepares the template
     finish_mask = start_brain_mask(run, img1, conformed, cache_dir, template)
     swi = None
-    if "swi" in needs:  # conformed while a worker registers the template
+    if "swi" in needs:  # conformed while a worker registers the template, if any
         loaded = run.load("swi")
         swi = (loaded, conform(loaded.volume))
-    if run.opts.warp_interpolator == "welchWindowedSinc" and set(needs) & {"flair", "t2"}:
-        sinc.compile_now()  # also while the template is registered
     mask = finish_mask()
     run.done("brain mask")
     _record_mask(unit, mask)
-    _ensure_template_registration(run, img1, conformed)
     space = _model_space("T1w", img1, conformed, mask.mask, opts.model_shape, unit)
     cropped = crop(conformed, space.box)
     inverse = opts.inverse_t2 and opts.replace_t1 == "t2"
@@ -294,7 +314,7 @@ def _t1_channel(run: _Run, needs: set[str], img1_role: str
     unit.qc["brain_mask_volume_ml"] = round(mask.volume_ml, 1)
     unit.qc["main_norm_peak"] = norm_peak(space.channels["t1"])
     unit.spaces["T1w"] = space
-    return space, cropped, swi
+    return _T1Channel(space, cropped, img1, conformed, template, swi)
 
 
 # --- SWI space -------------------------------------------------------------------------------
@@ -322,7 +342,7 @@ def _swi_space_alone(run: _Run) -> None:
     conformed = conform(swi.volume)
     mask = start_brain_mask(run, swi, conformed, cache_dir, template)()
     _record_mask(run.unit, mask)
-    _ensure_template_registration(run, swi, conformed)
+    _finish_atlas_registration(run, _start_atlas_registration(run, swi, conformed, template))
     space = _model_space("SWI", swi, conformed, mask.mask.data, run.opts.model_shape, run.unit)
     run.unit.qc["brain_mask_size"] = int(np.count_nonzero(space.brain_mask))
     _finish_swi(run.unit, space, conformed)
@@ -354,18 +374,36 @@ def _record_mask(unit: PreprocessedUnit, mask: BrainMask) -> None:
             unit.warnings.append(message)
 
 
-def _ensure_template_registration(run: _Run, img1: LoadedImage, conformed: Volume) -> None:
-    """With `opts.template_registration`, register the template as the template method does
-    when the mask came another way (derivatives, premasked, SHIVA model): atlas regions need
-    its transform. The mask itself is kept."""
+def _start_atlas_registration(run: _Run, img1: LoadedImage, conformed: Volume,
+                              template: Future | None) -> Callable[[], TemplateTransform] | None:
+    """With `opts.template_registration`, when the mask came another way (derivatives,
+    premasked, SHIVA model): start the template registration the atlas regions need, the one
+    the template mask method uses (:func:`start_template_registration`); None when there is
+    nothing to do. It runs in a worker beside the rigid registrations (it used to run before
+    them: 17-26 s of the 72 s preprocessing of the SHiVAi fixture, issue #24)."""
     if not run.opts.template_registration or run.unit.template_transform is not None:
-        return
-    template_opts = replace(run.opts, brain_mask_method="template", premasked=False)
-    template_run = replace(run, opts=template_opts)
-    finish = start_brain_mask(template_run, img1, conformed,
-                              run.work_dir / "template_registration")
-    run.unit.template_transform = finish().template_transform
-    run.done("template registration (for the atlas regions)")
+        return None
+    return start_template_registration(run, img1, conformed, template)
+
+
+def _finish_atlas_registration(run: _Run,
+                               finish: Callable[[], TemplateTransform] | None) -> None:
+    """Wait for what `_start_atlas_registration` started; the transform goes on the unit
+    (the mask itself is kept)."""
+    if finish is not None:
+        run.unit.template_transform = finish()
+        run.done("template registration (for the atlas regions)")
+
+
+def _prefetch_atlas_alignment(run: _Run) -> None:
+    """While the SWI registration (the longest) runs, another worker would wait: when the
+    atlas regions will be made (`opts.template_registration`), it computes the template ->
+    atlas alignment into the user cache (postprocessing/atlases.py `prefetch_alignment`), so
+    that the post-processing finds it there (~12 s once per user cache). Not with a single
+    worker (it would queue before the SWI's last step)."""
+    if run.opts.template_registration and run.workers.processes >= 2:
+        from shiva_bids.postprocessing.atlases import prefetch_alignment
+        run.workers.submit(prefetch_alignment, run.opts.templateflow_home, run.opts.seed)
 
 
 def _model_space(name: str, image: LoadedImage, conformed: Volume, mask: Volume | np.ndarray,
@@ -419,13 +457,47 @@ def _template_key(run: _Run, img1: LoadedImage) -> str:
 
 
 def _prepare_template(run: _Run, img1: LoadedImage, cache_dir: Path) -> Future | None:
-    """When the template method will register a template (no cached mask), start preparing
+    """When this run will register the template (the template mask method without a cached
+    mask in `cache_dir`, or the atlas regions' registration not made yet), start preparing
     the template in a worker now, so that it overlaps the conform of img1."""
-    if run.opts.premasked or _mask_method(run) != "template":
-        return None
-    if _cached_record(cache_dir, _template_key(run, img1)) is not None:
+    key = _template_key(run, img1)
+    if not run.opts.premasked and _mask_method(run) == "template":
+        needed = _cached_record(cache_dir, key) is None
+    else:
+        needed = (run.opts.template_registration
+                  and _cached_registration(run.work_dir / TEMPLATE_DIR, key) is None)
+    if not needed:
         return None
     return run.workers.submit(brainmask.prepare_template, run.opts.templateflow_home)
+
+
+def start_template_registration(run: _Run, img1: LoadedImage, conformed: Volume,
+                                template: Future | None = None
+                                ) -> Callable[[], TemplateTransform]:
+    """The template -> img1 registration as a function returning it. One registration serves
+    both the template brain mask and the atlas regions: it is kept in
+    `<work_dir>/template/` under a key of img1, the template, the schedule and the seed, and
+    reused from there by whichever needs it next (a rerun with another mask method too).
+    Otherwise it is submitted to the workers now (`template`: the template being prepared by
+    :func:`_prepare_template`, if any)."""
+    folder = run.work_dir / TEMPLATE_DIR
+    key = _template_key(run, img1)
+    cached = _cached_registration(folder, key)
+    if cached is not None:
+        log.info("template registration reused from %s", folder)
+        return lambda: cached
+    if template is None:
+        template = run.workers.submit(brainmask.prepare_template, run.opts.templateflow_home)
+    registered = brainmask.start_template_registration(conformed, template.result(), folder,
+                                                       run.workers, run.opts.seed)
+
+    def finish_and_save() -> TemplateTransform:
+        transform = registered.result()
+        atomic_write_json(folder / REGISTRATION_RECORD,
+                          {"key": key, **_transform_record(transform)})
+        return transform
+
+    return finish_and_save
 
 
 def start_brain_mask(run: _Run, img1: LoadedImage, conformed: Volume, cache_dir: Path,
@@ -461,38 +533,56 @@ def start_brain_mask(run: _Run, img1: LoadedImage, conformed: Volume, cache_dir:
         return lambda: cached
     if template is None:
         template = run.workers.submit(brainmask.prepare_template, opts.templateflow_home)
-    finish = brainmask.start_template_mask(conformed, template.result(), cache_dir, run.workers,
-                                           opts.seed)
+    registration = start_template_registration(run, img1, conformed, template)
     run.workers.warm_up()  # the other workers import ANTs while this one registers
 
     def finish_and_save() -> BrainMask:
-        mask = finish()
+        mask = brainmask.template_mask(conformed, template.result(), registration(),
+                                       run.workers)
         _save_mask(cache_dir, key, mask)
         return mask
 
     return finish_and_save
 
 
+def _transform_record(tt: TemplateTransform) -> dict:
+    return {"template": tt.template, "template_image": str(tt.template_image),
+            "transforms": [str(t) for t in tt.transforms]}
+
+
+def _read_transform(meta: dict) -> TemplateTransform:
+    return TemplateTransform(meta["template"], Path(meta["template_image"]),
+                             tuple(Path(t) for t in meta["transforms"]))
+
+
 def _save_mask(cache_dir: Path, key: str, mask: BrainMask) -> None:
     """Cache a computed mask (and what made it) in the work directory."""
     atomic_save_nifti(mask.mask.to_nifti(np.uint8), cache_dir / "brain_mask.nii.gz")
     record: dict = {"key": key, "method": mask.method, "model": mask.model}
-    tt = mask.template_transform
-    if tt is not None:
-        record.update(template=tt.template, template_image=str(tt.template_image),
-                      transforms=[str(t) for t in tt.transforms])
+    if mask.template_transform is not None:
+        record.update(_transform_record(mask.template_transform))
     atomic_write_json(cache_dir / "brain_mask.json", record)
 
 
-def _cached_record(cache_dir: Path, key: str) -> dict | None:
-    """The cache record of a mask computed under `key`, if it and its files are all there."""
-    record = cache_dir / "brain_mask.json"
-    if not (record.is_file() and (cache_dir / "brain_mask.nii.gz").is_file()):
+def _read_record(record: Path, key: str, *files: Path) -> dict | None:
+    """The JSON `record` if it was written under `key` and every file it needs is there."""
+    if not (record.is_file() and all(f.is_file() for f in files)):
         return None
     meta = json.loads(record.read_text())
     if meta.get("key") != key or not all(Path(t).is_file() for t in meta.get("transforms", ())):
         return None
     return meta
+
+
+def _cached_record(cache_dir: Path, key: str) -> dict | None:
+    """The cache record of a mask computed under `key`, if it and its files are all there."""
+    return _read_record(cache_dir / "brain_mask.json", key, cache_dir / "brain_mask.nii.gz")
+
+
+def _cached_registration(folder: Path, key: str) -> TemplateTransform | None:
+    """The template registration made under `key` in `folder`, if it is all there."""
+    meta = _read_record(folder / REGISTRATION_RECORD, key)
+    return None if meta is None else _read_transform(meta)
 
 
 def _cached_mask(cache_dir: Path, key: str, conformed: Volume) -> BrainMask | None:
@@ -502,10 +592,7 @@ def _cached_mask(cache_dir: Path, key: str, conformed: Volume) -> BrainMask | No
     image = cache_dir / "brain_mask.nii.gz"
     data = np.asarray(nib.load(image).dataobj, dtype=np.uint8)
     log.info("brain mask reused from %s", image)
-    tt = None
-    if "template" in meta:
-        tt = TemplateTransform(meta["template"], Path(meta["template_image"]),
-                               tuple(Path(t) for t in meta["transforms"]))
+    tt = _read_transform(meta) if "template" in meta else None
     return BrainMask(Volume(data, conformed.affine), meta["method"], tt, meta.get("model"))
 
 

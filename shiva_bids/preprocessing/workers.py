@@ -23,9 +23,19 @@ from typing import Callable
 ITK_THREADS_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
+_IN_WORKER = False  # set in the workers by their initializer
+
+
 def _single_threaded_itk() -> None:
     """Worker initializer: runs before the worker imports ANTs (this module does not)."""
+    global _IN_WORKER
     os.environ[ITK_THREADS_VARIABLE] = "1"
+    _IN_WORKER = True
+
+
+def in_worker() -> bool:
+    """True in a process started by `Workers` (single-threaded ITK): ANTs may run here."""
+    return _IN_WORKER
 
 
 def _load_ants() -> None:

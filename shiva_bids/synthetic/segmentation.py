@@ -55,14 +55,18 @@ def atlas_cache_dir() -> Path:
 def canvas_segmentation() -> Volume:
     """FreeSurfer labels (int16) on the phantom canvas (computed once per process: one atlas
     alignment, ~10-20 s of CPU)."""
-    from shiva_bids.postprocessing.atlases import align_atlas, atlas_on_grid, default_atlas
+    from shiva_bids.postprocessing.atlases import (
+        align_atlas,
+        atlas_on_grid,
+        default_atlas,
+        template_brain,
+    )
     from shiva_bids.preprocessing.templates import fallback_template
     anatomy = load_anatomy()
     template = fallback_template()
-    brain = template.head.with_data(template.head.data * (template.mask.data > 0))
     atlas = default_atlas()
     grid = Volume(np.zeros(anatomy.shape, np.uint8), anatomy.affine)
-    alignment = align_atlas(atlas, template.name, brain, atlas_cache_dir())
+    alignment = align_atlas(atlas, template.name, template_brain(template), atlas_cache_dir())
     labels = atlas_on_grid(atlas, grid, alignment)
     return grid.with_data(np.where(anatomy.brain, labels.data, 0).astype(np.int16))
 
