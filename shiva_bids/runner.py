@@ -36,6 +36,7 @@ from shiva_bids.errors import (DISK_ERRNOS, ExitCode, ShivaError, TemporaryError
                                exit_class)
 from shiva_bids.io import atomic_write_text
 from shiva_bids.log import unit_log
+from shiva_bids.orphans import exit_with_parent
 from shiva_bids.summary import is_complete, summary_path
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def parallel_map(function: Callable, items: Sequence, processes: int) -> list:
         return [_capture(function, item) for item in items]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(processes, len(items)),
-                             mp_context=context) as pool:
+                             mp_context=context, initializer=exit_with_parent) as pool:
         futures = [pool.submit(_capture, function, item) for item in items]
         return [_result(future) for future in futures]
 

@@ -97,6 +97,8 @@ def convert_folds(jobs: Sequence[tuple[str, str | None, str]]) -> list[tuple[str
 def _worker_main(jobs: list[tuple[str, str | None, str]], conn) -> None:
     """Entry of the conversion worker: send the results, then leave at once (an orderly
     interpreter exit after OpenVINO's TensorFlow frontend took 10-15 CPU-s here)."""
+    from shiva_bids.orphans import exit_with_parent
+    exit_with_parent()
     conn.send(convert_folds(jobs))
     conn.close()
     os._exit(0)

@@ -20,6 +20,8 @@ import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable
 
+from shiva_bids.orphans import exit_with_parent
+
 ITK_THREADS_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
@@ -31,6 +33,7 @@ def _single_threaded_itk() -> None:
     global _IN_WORKER
     os.environ[ITK_THREADS_VARIABLE] = "1"
     _IN_WORKER = True
+    exit_with_parent()
 
 
 def in_worker() -> bool:
