@@ -39,8 +39,11 @@ BASE_FILTERS = 8
 LEVELS = 7
 
 
-def build_network(seed: int, channels: int = 1):
-    """The SHIVA-sized U-net (Keras 3); 'same' pooling + crop handles the odd 107 side."""
+def build_network(seed: int, channels: int = 1, filters: tuple[int, ...] | None = None,
+                  name: str = "shiva_sized_unet"):
+    """A 7-level U-net (Keras 3), conv-BN-swish twice per level, seeded weights; `filters`
+    per level (default: BASE_FILTERS doubling); 'same' pooling + crop handles the odd 107 side.
+    bench_fullsize builds the SHIVA U-net with it."""
     import keras
     from keras import layers
 
@@ -54,22 +57,23 @@ def build_network(seed: int, channels: int = 1):
         return x
 
     inp = layers.Input((*SHAPE, channels), name="image")
+    filters = filters or tuple(BASE_FILTERS * 2**level for level in range(LEVELS))
     x, skips = inp, []
-    for level in range(LEVELS - 1):
-        x = block(x, BASE_FILTERS * 2**level, f"enc{level}")
+    for level in range(len(filters) - 1):
+        x = block(x, filters[level], f"enc{level}")
         skips.append(x)
         x = layers.MaxPooling3D(2, padding="same", name=f"pool{level}")(x)
-    x = block(x, BASE_FILTERS * 2**(LEVELS - 1), "bottom")
-    for level in reversed(range(LEVELS - 1)):
+    x = block(x, filters[-1], "bottom")
+    for level in reversed(range(len(filters) - 1)):
         skip = skips[level]
         x = layers.UpSampling3D(2, name=f"up{level}")(x)
         extra = [int(u) - int(s) for u, s in zip(x.shape[1:4], skip.shape[1:4])]
         if any(extra):
             x = layers.Cropping3D(tuple((0, e) for e in extra), name=f"crop{level}")(x)
         x = layers.Concatenate(name=f"cat{level}")([skip, x])
-        x = block(x, BASE_FILTERS * 2**level, f"dec{level}")
+        x = block(x, filters[level], f"dec{level}")
     out = layers.Conv3D(1, 1, activation="sigmoid", name="head")(x)
-    return keras.Model(inp, out, name="shiva_sized_unet")
+    return keras.Model(inp, out, name=name)
 
 
 def build_models(root: Path, folds: int) -> Path:

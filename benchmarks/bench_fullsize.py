@@ -58,35 +58,9 @@ MODELS = "models-shiva-unet"  # cache subfolder (the #16 set of another network 
 
 def shiva_unet(seed: int, channels: int = 1):
     """The SHIVA U-net (module docstring), Keras 3, seeded weights."""
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(seed)
-
-    def block(x, filters, name):
-        for i in range(2):
-            x = layers.Conv3D(filters, 3, padding="same", name=f"{name}_conv{i}")(x)
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
-            x = layers.Activation("swish", name=f"{name}_swish{i}")(x)
-        return x
-
-    inp = layers.Input((*SHAPE, channels), name="image")
-    x, skips = inp, []
-    for level, filters in enumerate(FILTERS[:-1]):
-        x = block(x, filters, f"enc{level}")
-        skips.append(x)
-        x = layers.MaxPooling3D(2, padding="same", name=f"pool{level}")(x)
-    x = block(x, FILTERS[-1], "bottom")
-    for level in reversed(range(len(FILTERS) - 1)):
-        skip = skips[level]
-        x = layers.UpSampling3D(2, name=f"up{level}")(x)
-        extra = [int(u) - int(s) for u, s in zip(x.shape[1:4], skip.shape[1:4])]
-        if any(extra):
-            x = layers.Cropping3D(tuple((0, e) for e in extra), name=f"crop{level}")(x)
-        x = layers.Concatenate(name=f"cat{level}")([skip, x])
-        x = block(x, FILTERS[level], f"dec{level}")
-    out = layers.Conv3D(1, 1, activation="sigmoid", name="head")(x)
-    return keras.Model(inp, out, name="shiva_unet")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_ensemble import build_network
+    return build_network(seed, channels, FILTERS, "shiva_unet")
 
 
 def count(model) -> tuple[int, float]:

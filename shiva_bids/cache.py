@@ -62,6 +62,11 @@ def _is_complete(folder: Path) -> bool:
     return (folder / COMPLETE).is_file()
 
 
+def is_cached(name: str, roots: Sequence[Path]) -> bool:
+    """True when some root holds the folder `name` complete (nothing would be built)."""
+    return any(_is_complete(Path(root) / name) for root in roots)
+
+
 def _publish(tmp: Path, folder: Path) -> None:
     (tmp / COMPLETE).write_text("")
     try:

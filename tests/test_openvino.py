@@ -103,10 +103,13 @@ def test_ir_is_converted_once_and_reused_from_the_caches(folders, tmp_path, monk
     assert info["source_format"] == "h5" and info["openvino"] == engines.openvino_version()
 
 
-def test_cached_ir_runs_without_importing_tensorflow(folders, tmp_path):
+def test_cached_ir_runs_without_importing_tensorflow(folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHIVA_BIDS_CACHE_DIR", "none")  # this test's work cache alone
     cache = tmp_path / "ir"
     descriptor = folders["savedmodel"]
-    EnsemblePredictor(load_descriptor(descriptor), device="cpu", ir_cache=cache).close()
+    first = EnsemblePredictor(load_descriptor(descriptor), device="cpu", ir_cache=cache)
+    assert first.input_shape and first.converted == 2  # the probe converts both folds
+    first.close()
     code = ("import sys, json, numpy as np\n"
             "from pathlib import Path\n"
             "from shiva_bids.models import EnsemblePredictor, load_descriptor\n"

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from shiva_bids.cache import COMPLETE, cache_roots, cached_folder
+from shiva_bids.cache import cache_roots, cached_folder, is_cached
 from shiva_bids.errors import BadInputError, TemporaryError
 from shiva_bids.models.engines import openvino_version, tensorflow_version
 from shiva_bids.models.loaders import LoadedModel, model_format
@@ -124,10 +124,6 @@ def run_conversion_worker(jobs: list[tuple[str, str | None, str]]) -> list:
 
 # --- cache ---------------------------------------------------------------------------------
 
-def _found(name: str, roots: Sequence[Path]) -> bool:
-    return any((Path(root) / name / COMPLETE).is_file() for root in roots)
-
-
 def ensure_ir(folds: Sequence[Path], md5s: Sequence[str], script: Path | None,
               work_cache: Path | None) -> tuple[list[Path], int]:
     """The IR folder of every fold (converted where no cache holds it) and how many were
@@ -136,7 +132,7 @@ def ensure_ir(folds: Sequence[Path], md5s: Sequence[str], script: Path | None,
     if not roots:  # no work directory and no user cache: a private folder for this process
         roots = (Path(tempfile.mkdtemp(prefix="shiva-bids-ir-")),)
     names = [ir_key(md5) for md5 in md5s]
-    missing = [i for i, name in enumerate(names) if not _found(name, roots)]
+    missing = [i for i, name in enumerate(names) if not is_cached(name, roots)]
     if missing:
         staging = Path(roots[0])
         staging.mkdir(parents=True, exist_ok=True)
