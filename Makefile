@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
-# Two workers, one test file each (module fixtures stay in one process): ~11 min on 2 cores.
+# Two workers, one test file each (module fixtures stay in one process): 11-14 min on 2 cores.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: venv test demo bench clean

@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "clusters on the 1 mm model grid (res-model files: SHiVAi's own "
                            "outputs) and keep the preprocessed model-grid images in the work "
                            "folder")
+    prep.add_argument("--sloppy", action="store_true",
+                      help="TESTING ONLY: a cheaper rigid registration (no unsmoothed level, "
+                           "10%% sampling: ~3.5x less CPU; FLAIR error 0.21 against 0.12 mm on "
+                           "phantoms); every unit it touches carries a warning saying so")
 
     run = parser.add_argument_group("execution")
     run.add_argument("-w", "--work-dir", "--work_dir", type=Path, default=None,
@@ -387,6 +391,7 @@ def parse_args(argv: Sequence[str]) -> RunConfig:
         min_cluster_sizes=_key_values(args.min_cluster_size, "--min-cluster-size",
                                       _positive_int, MARKER_NAMES),
         keep_model_space=args.keep_model_space,
+        sloppy=args.sloppy,
         fetal_largest_component=args.fetal_largest_component,
         reports_only=args.reports_only,
         stop_on_first_crash=args.stop_on_first_crash,

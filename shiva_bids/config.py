@@ -64,6 +64,7 @@ class RunConfig:
     thresholds: Mapping[str, float] = field(default_factory=lambda: _frozen(None))
     min_cluster_sizes: Mapping[str, int] = field(default_factory=lambda: _frozen(None))
     keep_model_space: bool = False  # also write the model-grid maps (res-model)
+    sloppy: bool = False  # testing only: the cheaper rigid registration (registration.SLOPPY)
     fetal_largest_component: bool = False  # fetal-cgm: BDN's largest component as CGM's ROI
     reports_only: bool = False
     stop_on_first_crash: bool = False

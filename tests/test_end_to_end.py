@@ -3,7 +3,9 @@
 The dataset (issue 7 "Done when"): sub-01 with two sessions, sub-02 without FLAIR (WMH and LAC
 skipped), sub-03 with a corrupt SWI (that unit fails with a crash file, the others finish).
 Brain masks come from the phantom's reference derivatives (`--derivatives`), as they would
-from fMRIPrep, which keeps the test fast; template-based masking is tested with preprocessing.
+from fMRIPrep, and the rigid registrations are `--sloppy` (testing only, ~3.5x less CPU), which
+keeps the test fast; template-based masking and SHiVAi's registration are tested with the
+preprocessing and against SHiVAi itself (tests/test_shivai_parity.py).
 The raw images are annexed as in a DataLad clone whose content is fetched (links into
 `.git/annex/objects`; tests/annex_layout.py) and the whole dataset is read-only, which must run
 as usual.
@@ -24,6 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from markupsafe import escape
 
 from annex_layout import annex_all, read_only
 from fs_phantom import make_aparc_aseg
@@ -102,7 +105,8 @@ def world(tmp_path_factory):
 def participant_args(root: Path, bids: Path, models: Path, *extra: str) -> list[str]:
     return [str(bids), str(root / "out"), "participant", "--models-dir", str(models),
             "--derivatives", f"truth={bids / 'derivatives' / 'reference'}",
-            "-w", str(root / "work"), "--skip-bids-validation", "--nprocs", "2", *extra]
+            "-w", str(root / "work"), "--skip-bids-validation", "--nprocs", "2", "--sloppy",
+            *extra]
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +146,8 @@ def test_participant_level_outputs_and_exit_code(first_run):
         assert prob.shape == native.shape and np.allclose(prob.affine, native.affine)
         assert (out / f"{unit}.html").is_file()
         assert (out / "logs" / f"{unit}.log").is_file()
+        sloppy = [w for w in record["warnings"] if "--sloppy, testing only" in w]
+        assert len(sloppy) == 1 and str(escape(sloppy[0])) in (out / f"{unit}.html").read_text()
     # regional statistics for every marker (issue #17), from the --derivatives segmentation
     for marker, record in summary(out, "sub-01_ses-01")["markers"].items():
         assert record["region_source"].startswith(

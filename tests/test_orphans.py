@@ -1,5 +1,6 @@
-"""A killed job leaves no worker behind (shiva_bids/orphans.py): the preprocessing workers
-watch their parent and end when it is gone."""
+"""A killed job leaves no worker behind (shiva_bids/orphans.py), even a worker inside a long C
+call that keeps the GIL, as ANTsPy does during a registration (a watcher thread cannot run
+then: the previous code left such a worker running)."""
 from __future__ import annotations
 
 import os
@@ -13,11 +14,15 @@ import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SCRIPT = """
-import sys, time
+import ctypes, sys, time
 from shiva_bids.preprocessing.workers import Workers
+
+def hold_the_gil():
+    ctypes.PyDLL(None).sleep(120)  # libc sleep(3) called with the GIL held, like ANTsPy
+
 if __name__ == "__main__":
     with Workers(1) as workers:
-        future = workers.submit(time.sleep, 120)
+        future = workers.submit(hold_the_gil)
         time.sleep(3)
         print("ready", flush=True)
         future.result()

@@ -1,7 +1,8 @@
 """Preprocessing accuracy on a phantom with skull (issue #5): template brain mask, FLAIR/SWI
 rigid registration against a known misalignment, native <-> model round trips, and the
 SWI-space (CMB) branch. One phantom, one full preprocessing run, shared by every test; and a
-second run with another number of workers, which must give the same bytes (issue #19)."""
+second run with another number of workers and job order, which must give the same bytes
+(issue #19)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -195,31 +196,6 @@ def test_phantom_truth_segmentation_is_a_valid_derivative(phantom):
     assert report.ok, report.summary()
 
 
-def test_rerun_with_another_thread_count_gives_the_same_bytes(phantom, processed):
-    """The same unit, options and seed, a fresh work folder and 3 workers instead of 2: every
-    output of the preprocessing is identical (issue #19 item 2)."""
-    _, inputs, root = phantom
-    again = preprocess_unit(inputs, {"t1", "flair", "swi"}, PreprocOptions(threads=3),
-                            root / "work_again")
-    assert again.spaces.keys() == processed.spaces.keys()
-    for name, space in processed.spaces.items():
-        other = again.spaces[name]
-        assert other.channels.keys() == space.channels.keys()
-        for channel, data in space.channels.items():
-            np.testing.assert_array_equal(other.channels[channel], data, err_msg=channel)
-        np.testing.assert_array_equal(other.brain_mask, space.brain_mask)
-        np.testing.assert_array_equal(other.affine, space.affine)
-        np.testing.assert_array_equal(other.conformed_mask.data, space.conformed_mask.data)
-    assert again.transforms.keys() == processed.transforms.keys()
-    for key, path in processed.transforms.items():
-        assert again.transforms[key].read_bytes() == path.read_bytes(), key
-    warps = [nib.load(t.template_transform.transforms[0]) for t in (processed, again)]
-    np.testing.assert_array_equal(*(np.asarray(w.dataobj) for w in warps))
-    assert (again.template_transform.transforms[1].read_bytes()
-            == processed.template_transform.transforms[1].read_bytes())
-    assert again.qc == processed.qc and again.warnings == processed.warnings
-
-
 def _with_mask_from_derivatives(phantom, processed) -> InputSet:
     """The phantom's inputs with the template mask of `processed` given as a --derivatives
     mask (the derivatives cleaning keeps it voxel for voxel)."""
@@ -253,11 +229,12 @@ def test_one_template_registration_serves_the_mask_and_the_atlas(phantom, proces
 def test_atlas_registration_beside_the_rigid_ones_gives_the_same_bytes(phantom, processed):
     """The atlas regions' template registration now runs in a worker beside the FLAIR
     registration (issue #24): in a fresh work folder, with the same mask given as
-    --derivatives, the template transforms, the FLAIR transform and channels are the bytes of
-    the template-mask run (other order of jobs, another number of workers)."""
+    --derivatives and 3 workers instead of 2, the template transforms, the FLAIR transform and
+    channels are the bytes of the template-mask run (other order of jobs, another number of
+    workers: issue #19 item 2; the SWI branch run twice: tests/test_end_to_end.py)."""
     _, _, root = phantom
     again = preprocess_unit(_with_mask_from_derivatives(phantom, processed), {"t1", "flair"},
-                            PreprocOptions(threads=2, template_registration=True),
+                            PreprocOptions(threads=3, template_registration=True),
                             root / "work_derivatives")
     assert again.template_transform.transforms != processed.template_transform.transforms
     (warp, affine), (their_warp, their_affine) = (t.template_transform.transforms

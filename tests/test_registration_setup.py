@@ -181,6 +181,17 @@ def test_command_line_is_shivai_s(recorded):
     assert swi[:-1] == SHIVAI_FLAIR_COMMAND[:-1] and swi[-1] == "swi_to_t1_"
 
 
+def test_sloppy_drops_the_unsmoothed_level_and_samples_10_percent():
+    """`--sloppy` (testing only) changes SHiVAi's command line in these four values alone."""
+    stage = registration.SETTINGS["sloppy"]
+    job = registration.RigidJob(None, None, np.ones(1), np.ones(1), stage)
+    changed = [(a, b) for a, b in zip(SHIVAI_FLAIR_COMMAND, job.arguments("flair_to_t1_"))
+               if a != b]
+    assert changed == [("MI[fixed,moving,1,64,Regular,0.25]", "MI[fixed,moving,1,64,Regular,0.1]"),
+                       ("[1000x500x250x125,1e-06,10]", "[1000x500x250,1e-06,10]"),
+                       ("4x2x1x1", "4x2x1"), ("4x2x1x0mm", "4x2x1mm")]
+
+
 def test_flair_is_resampled_with_welch_windowed_sinc_onto_the_cropped_grid(recorded):
     _, unit, jobs, warps = recorded
     (moving, shape, affine, interpolator), = warps  # the FLAIR's; the SWI is not resampled

@@ -160,6 +160,7 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
                              models_dir=config.models_dir, device=config.device,
                              engine=config.engine, precision=config.precision,
                              ir_cache=config.ir_cache,
+                             registration="sloppy" if config.sloppy else "reference",
                              verify_checksums=not config.skip_model_checksum,
                              template_registration=needs_template_registration(
                                  config.regions, plan.inputs.dseg is not None))
