@@ -177,12 +177,13 @@ def test_make_predictors_warns_once_for_all_models(folders, tmp_path, monkeypatc
 
 @pytest.fixture(scope="module")
 def heldout():
-    """Two held-out model-space phantoms (seeds 9100-9101; training uses 1000-8999)."""
+    """The severe held-out model-space phantom (seed 9101; training uses 1000-8999): where bf16
+    and fp32 differed most of the two measured (docs/models.md), at half the suite time."""
     from shiva_bids.training.data import HELDOUT_SEEDS_START, TRAIN_SEEDS, make_phantoms
 
-    seeds = [9100, 9101]
+    seeds = [9101]
     assert min(seeds) >= HELDOUT_SEEDS_START and not set(seeds) & set(TRAIN_SEEDS)
-    return make_phantoms(seeds, ["mild", "severe"])
+    return make_phantoms(seeds, ["severe"])
 
 
 def _clusters(prob: np.ndarray, marker: str) -> tuple[np.ndarray, int]:
@@ -197,7 +198,7 @@ def _clusters(prob: np.ndarray, marker: str) -> tuple[np.ndarray, int]:
 @pytest.mark.slow
 def test_bf16_agrees_with_fp32_on_the_demo_models(heldout, tmp_path):
     """bf16 vs fp32 masks at the marker's threshold (after the minimum cluster size): Dice >=
-    0.99 on every held-out phantom and cluster counts within one (measured, docs/models.md:
+    0.99 on the severe held-out phantom and cluster counts within one (measured, docs/models.md:
     Dice 0.9972-1.0; on the severe phantom PVS 139 vs 140 and WMH 81 vs 80 clusters, every
     other count equal, so issue #23's "equal cluster counts" does not hold for bf16); fp32
     gives the same bytes with 1 or 2 threads."""
