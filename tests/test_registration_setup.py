@@ -187,7 +187,8 @@ def test_sloppy_drops_the_unsmoothed_level_and_samples_10_percent():
     job = registration.RigidJob(None, None, np.ones(1), np.ones(1), stage)
     changed = [(a, b) for a, b in zip(SHIVAI_FLAIR_COMMAND, job.arguments("flair_to_t1_"))
                if a != b]
-    assert changed == [("MI[fixed,moving,1,64,Regular,0.25]", "MI[fixed,moving,1,64,Regular,0.1]"),
+    assert changed == [("MI[fixed,moving,1,64,Regular,0.25]",
+                        "MI[fixed,moving,1,64,Regular,0.1]"),
                        ("[1000x500x250x125,1e-06,10]", "[1000x500x250,1e-06,10]"),
                        ("4x2x1x1", "4x2x1"), ("4x2x1x0mm", "4x2x1mm")]
 

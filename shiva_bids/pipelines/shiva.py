@@ -151,7 +151,7 @@ def model_grid(predictors: dict[Path, EnsemblePredictor]) -> tuple[int, int, int
 def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
     """Preprocess one unit for the channels its models need (runs in a worker process)."""
     from shiva_bids.postprocessing.sources import needs_template_registration
-    from shiva_bids.preprocessing import PreprocOptions, preprocess_unit
+    from shiva_bids.preprocessing import PreprocOptions, preprocess_unit, registration
     plan, config, shape = task
     options = PreprocOptions(model_shape=shape, brain_mask_method=config.brain_mask,
                              premasked=config.premasked, replace_t1=config.replace_t1,
@@ -160,7 +160,8 @@ def preprocess_plan(task: tuple[UnitPlan, RunConfig, tuple[int, int, int]]):
                              models_dir=config.models_dir, device=config.device,
                              engine=config.engine, precision=config.precision,
                              ir_cache=config.ir_cache,
-                             registration="sloppy" if config.sloppy else "reference",
+                             registration=(registration.SLOPPY if config.sloppy
+                                           else registration.REFERENCE).name,
                              verify_checksums=not config.skip_model_checksum,
                              template_registration=needs_template_registration(
                                  config.regions, plan.inputs.dseg is not None))

@@ -255,6 +255,11 @@ def _t1_space(run: _Run, needs: set[str], img1_role: str) -> None:
                                     f"{channel}")
         moving = run.load(role).volume
         jobs[channel] = (moving, _start_registration(run, cropped, space, moving, suffix))
+    if jobs and run.opts.registration == registration.SLOPPY.name:
+        message = ("sloppy rigid registration (--sloppy, testing only): not SHiVAi's schedule, "
+                   "less accurate (phantoms: 0.21 against 0.12 mm)")
+        log.warning("%s: %s", run.inputs.unit_id, message)
+        run.unit.warnings.append(message)
     if run.opts.warp_interpolator == "welchWindowedSinc" and {"flair", "t2"} & set(jobs):
         sinc.compile_now()  # while the workers register
     for channel in ("flair", "t2"):
@@ -617,12 +622,6 @@ def _start_registration(run: _Run, cropped_t1: Volume, space: ModelSpace, moving
         raise UsageError(f"unknown registration settings {opts.registration!r}")
     if opts.swi_registration_mask not in SWI_REGISTRATION_MASKS:
         raise UsageError(f"unknown SWI registration mask {opts.swi_registration_mask!r}")
-    if opts.registration != registration.REFERENCE.name:
-        message = (f"{opts.registration} rigid registration (--sloppy, testing only): not "
-                   f"SHiVAi's schedule, less accurate (phantoms: 0.21 against 0.12 mm)")
-        if message not in run.unit.warnings:
-            log.warning("%s: %s", run.inputs.unit_id, message)
-            run.unit.warnings.append(message)
     swi_mask = None
     if suffix == "SWI" and opts.swi_registration_mask == "head":
         swi_mask = brainmask.head_mask(cropped_t1.data)
